@@ -1,0 +1,35 @@
+# One-command entry points for a fresh machine (see README.md).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch: the pin keeps pip from pulling the multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+PRESET ?= wavenet
+STEPS ?= 200000
+BACKEND ?= torch
+
+.PHONY: venv run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)" -e ".[all,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+data/names.txt: | $(STAMP)
+	$(BIN)/python -c "from shared.data import find_names_file; print(find_names_file())"
+
+run: $(STAMP) data/names.txt
+	$(BIN)/makemore train --backend $(BACKEND) --preset $(PRESET) --steps $(STEPS) --out runs/$(BACKEND)-$(PRESET)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP) data/names.txt
+	$(BIN)/makemore bench --out bench/results
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

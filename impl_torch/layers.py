@@ -1,0 +1,87 @@
+"""The layers of makemore Part 5 in idiomatic PyTorch.
+
+Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb), where
+the lecture writes these layers "torch.nn-like" by hand; here torch.nn's own modules are used
+wherever torch ships one (Embedding, Linear, Tanh, Sequential) and the other two are nn.Modules.
+Shapes: B batch, T positions, C channels.
+"""
+import torch
+from torch import nn
+
+# torch ships Embedding: weight (vocab_size, n_embd), the canonical layout already.
+Embedding = nn.Embedding
+
+
+class FlattenConsecutive(nn.Module):
+    """Merge `n` consecutive positions: (B, T, C) -> (B, T//n, C*n); squeezed to (B, C*n) when
+    T//n == 1. Lecture Part 5 at 38:50 ("FlattenConsecutive"). Raises ValueError if n does not
+    divide T."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        if T % self.n:
+            raise ValueError(f"FlattenConsecutive({self.n}) got {T} positions; T must be a multiple of n")
+        x = x.view(B, T // self.n, C * self.n)
+        if x.shape[1] == 1:
+            x = x.squeeze(1)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
+
+
+# torch ships Linear, but stores weight as (fan_out, fan_in): model.py transposes on load/export.
+Linear = nn.Linear
+
+
+class BatchNorm1d(nn.Module):
+    """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
+
+    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 46:00 (3-D input:
+    reduce over dims (0, 1)). Parameters gamma, beta (C,); buffers running_mean, running_var (C,).
+    `convention` (DESIGN.md): 'lecture' normalises with the unbiased variance and keeps it;
+    'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
+    the biased one for both. running = (1 - momentum) * running + momentum * batch.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture"):
+        super().__init__()
+        if convention not in ("lecture", "torch", "flax"):
+            raise ValueError(f"unknown BatchNorm convention {convention!r}")
+        self.eps, self.momentum, self.convention = eps, momentum, convention
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
+            n = x.numel() // x.shape[-1]
+            if n < 2:
+                raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
+            xmean = x.mean(dims)
+            var_biased = x.var(dims, correction=0)
+            var_unbiased = x.var(dims, correction=1)
+            xvar = var_unbiased if self.convention == "lecture" else var_biased
+            with torch.no_grad():
+                m = self.momentum
+                self.running_mean.copy_((1 - m) * self.running_mean + m * xmean)
+                run = var_biased if self.convention == "flax" else var_unbiased
+                self.running_var.copy_((1 - m) * self.running_var + m * run)
+        else:
+            xmean, xvar = self.running_mean, self.running_var
+        xhat = (x - xmean) / torch.sqrt(xvar + self.eps)
+        return self.gamma * xhat + self.beta
+
+    def extra_repr(self) -> str:
+        return f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"
+
+
+# torch ships Tanh and Sequential (children indexed 0..L-1: the canonical layer index).
+Tanh = nn.Tanh
+Sequential = nn.Sequential

@@ -1,0 +1,101 @@
+"""Build a torch model from the shared spec; move canonical parameters in and out; forward, loss
+and gradients with numpy at the boundary (for parity tests and the shared driver)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shared.data import check_token_ids
+from shared.params import check_params, param_shapes
+from shared.spec import ModelSpec
+
+from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_model(spec: ModelSpec) -> Sequential:
+    """An nn.Sequential whose child k is spec.layers[k], in the spec's dtype, in train mode.
+
+    Its weights are torch's defaults: load canonical parameters with :func:`load_params`.
+    """
+    bn = spec.batchnorm
+    layers = []
+    for l in spec.layers:
+        if l.kind == "embedding":
+            layers.append(Embedding(l.num, l.dim))
+        elif l.kind == "flatten":
+            layers.append(FlattenConsecutive(l.n))
+        elif l.kind == "linear":
+            layers.append(Linear(l.fan_in, l.fan_out, bias=l.bias))
+        elif l.kind == "batchnorm":
+            layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention))
+        elif l.kind == "tanh":
+            layers.append(Tanh())
+        else:
+            raise ValueError(f"unknown layer kind {l.kind!r}")
+    model = Sequential(*layers).to(DTYPES[spec.dtype])
+    model.spec = spec
+    return model
+
+
+def _transposed(spec: ModelSpec) -> set[str]:
+    # torch keeps Linear weights as (fan_out, fan_in); the canonical layout is (fan_in, fan_out).
+    return {f"{i}.weight" for i, l in enumerate(spec.layers) if l.kind == "linear"}
+
+
+def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical parameters (names, shapes, dtype checked) into the model.
+
+    Raises shared.params.ParamError naming the tensor that does not fit.
+    """
+    check_params(model.spec, params)
+    tr = _transposed(model.spec)
+    sd = {k: torch.from_numpy(np.ascontiguousarray(v.T if k in tr else v)) for k, v in params.items()}
+    model.load_state_dict(sd, strict=True)
+
+
+def export_params(model: Sequential) -> dict[str, np.ndarray]:
+    """Canonical parameters (copies), running stats included, in spec order."""
+    tr = _transposed(model.spec)
+    sd = model.state_dict()
+    return {k: (sd[k].T if k in tr else sd[k]).detach().numpy().copy() for k in param_shapes(model.spec)}
+
+
+def _tokens(model: Sequential, X) -> torch.Tensor:
+    X = np.asarray(X)
+    check_token_ids(X, model.spec.vocab_size)
+    return torch.from_numpy(X.astype(np.int64, copy=False))
+
+
+def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
+    """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
+    statistics and updates the running stats; eval mode uses the running stats."""
+    model.train(train)
+    with torch.no_grad():
+        return model(_tokens(model, X)).numpy()
+
+
+def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
+    """The output of every layer, in order (the last one is the logits)."""
+    model.train(train)
+    x, outs = _tokens(model, X), []
+    with torch.no_grad():
+        for layer in model:
+            x = layer(x)
+            outs.append(x.numpy().copy())
+    return outs
+
+
+def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+    """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
+    trainable parameter under its canonical name and layout."""
+    model.train(True)
+    for p in model.parameters():
+        p.grad = None
+    loss = F.cross_entropy(model(_tokens(model, X)), torch.from_numpy(np.asarray(Y, dtype=np.int64)))
+    loss.backward()
+    tr = _transposed(model.spec)
+    grads = {k: (p.grad.T if k in tr else p.grad).numpy().copy() for k, p in model.named_parameters()}
+    return loss.item(), grads

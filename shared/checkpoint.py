@@ -1,0 +1,99 @@
+"""Checkpoints: one safetensors file of canonical parameters plus JSON-able metadata.
+
+Any backend writes it, any backend reads it (DESIGN.md "Canonical parameters and checkpoints").
+Writes are atomic: a temp file in the same folder, fsync, then `os.replace`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from .data import Vocab
+from .params import ParamError, check_params
+from .spec import ModelSpec
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the tensor."""
+
+
+def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], spec: ModelSpec,
+                    vocab: Vocab, **meta) -> Path:
+    """Write `params` (canonical names) and metadata atomically to `path`.
+
+    Metadata stored: spec (JSON), vocab (the itos string), and every keyword in `meta`
+    (step, backend, train_loss, ...) as JSON. Returns the path written.
+    Raises ParamError if `params` do not fit `spec` (nothing is written then).
+    """
+    check_params(spec, params, what="checkpoint to save")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md = {"spec": spec.to_json(), "vocab": json.dumps("".join(vocab.itos)),
+          "dtype": spec.dtype, "format": "makemore-ports/1"}
+    md.update({k: json.dumps(v) for k, v in meta.items()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp), metadata=md)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The checkpoint's metadata: 'spec' as ModelSpec, 'vocab' as Vocab, the rest JSON-decoded."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e} (truncated or not a "
+                              "safetensors file? write a new one with `makemore train`)") from e
+    if "spec" not in raw or "vocab" not in raw:
+        raise CheckpointError(f"{path} is a safetensors file but not a makemore-ports checkpoint "
+                              "(no 'spec'/'vocab' metadata)")
+    md = {}
+    for k, v in raw.items():
+        if k == "spec":
+            md[k] = ModelSpec.from_json(v)
+        elif k == "vocab":
+            md[k] = Vocab(tuple(json.loads(v)))
+        elif k in ("dtype", "format"):
+            md[k] = v
+        else:
+            md[k] = json.loads(v)
+    return md
+
+
+def load_checkpoint(path: str | os.PathLike, spec: ModelSpec | None = None
+                    ) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a checkpoint and check it against `spec` (default: the spec stored in it).
+
+    Returns:
+        (params, metadata): canonical {name: array}; metadata as from :func:`read_metadata`.
+    Raises:
+        CheckpointError: missing/truncated/unreadable file, or a tensor whose name, shape or dtype
+            does not fit the spec (the tensor is named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    md = read_metadata(path)
+    try:
+        params = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    spec = spec or md["spec"]
+    try:
+        check_params(spec, params, what=f"checkpoint {path}")
+    except ParamError as e:
+        raise CheckpointError(str(e)) from e
+    return params, md

@@ -1,0 +1,50 @@
+"""Backend registry: imports a backend only when asked, so numpy and torch work without JAX.
+
+Every backend package (`impl_numpy`, `impl_torch`, `impl_jax`) exposes the same functions
+(see DESIGN.md "Backend interface"): build_model, load_params, export_params, forward,
+layer_outputs, loss_and_grads (model.py) and make_optimizer, train_step, evaluate, sample
+(train.py).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+BACKENDS = {"numpy": "impl_numpy", "torch": "impl_torch", "jax": "impl_jax"}
+EXTRAS = {"numpy": "makemore-ports", "torch": "makemore-ports[torch]", "jax": "makemore-ports[jax]"}
+REQUIRES = {"numpy": [], "torch": ["torch"], "jax": ["jax", "flax", "optax"]}
+
+
+class BackendError(ValueError):
+    """Unknown backend, or one whose framework is not installed."""
+
+
+def get_backend(name: str) -> ModuleType:
+    """Import and return the backend package `name` ('numpy', 'torch' or 'jax').
+
+    Raises:
+        BackendError: unknown name, or its framework is missing (says which extra to install).
+    """
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    for mod in REQUIRES[name]:
+        if importlib.util.find_spec(mod) is None:
+            raise BackendError(f"backend {name!r} needs {mod}, which is not installed; "
+                               f"install it with: pip install '{EXTRAS[name]}'")
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ModuleNotFoundError as e:
+        raise BackendError(f"backend {name!r} could not be imported ({e}); "
+                           f"install it with: pip install '{EXTRAS[name]}'") from e
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose frameworks are installed and whose package exists."""
+    out = []
+    for name, pkg in BACKENDS.items():
+        if importlib.util.find_spec(pkg) is None:
+            continue
+        if all(importlib.util.find_spec(m) is not None for m in REQUIRES[name]):
+            out.append(name)
+    return out

@@ -1,0 +1,138 @@
+"""The one model spec every backend builds from, and the lecture's presets.
+
+Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb):
+the performance log at the end of the lecture (original 3-char MLP 12k params, context 8 22k,
+hierarchical 22k, scaled-up hierarchical 76k) and its layer classes (Embedding,
+FlattenConsecutive, Linear, BatchNorm1d, Tanh, Sequential). WaveNet: van den Oord et al. 2016.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+DTYPES = ("float32", "float64")
+BN_CONVENTIONS = ("lecture", "torch", "flax")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer. `kind` is one of embedding, flatten, linear, batchnorm, tanh.
+
+    Fields used per kind: embedding (num, dim), flatten (n: merge n consecutive positions),
+    linear (fan_in, fan_out, bias), batchnorm (dim), tanh (none).
+    """
+    kind: str
+    num: int = 0
+    dim: int = 0
+    n: int = 0
+    fan_in: int = 0
+    fan_out: int = 0
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """BatchNorm semantics (DESIGN.md table). momentum is always the torch/lecture meaning:
+    running = (1 - momentum) * running + momentum * batch_stat (flax's momentum 0.9 == ours 0.1).
+
+    convention: 'lecture' normalises with the unbiased (n-1) variance and keeps it as running_var;
+    'torch' normalises with the biased (n) variance, keeps the unbiased one; 'flax' uses the biased
+    variance for both. n counts every reduced element (B, or B*T for 3-D input).
+    """
+    convention: str = "lecture"
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model: ordered layers plus the sizes they were made from.
+
+    Attributes:
+        name: preset name (informational).
+        vocab_size, block_size, n_embd, n_hidden: the lecture's sizes.
+        layers: tuple of LayerSpec, applied in order to int token ids (B, block_size).
+        dtype: 'float32' or 'float64' for every parameter and activation.
+        batchnorm: BatchNormSpec shared by every BatchNorm1d layer.
+        last_layer_scale: the last Linear's weight is multiplied by this at init (lecture: 0.1).
+    """
+    name: str
+    vocab_size: int
+    block_size: int
+    n_embd: int
+    n_hidden: int
+    layers: tuple[LayerSpec, ...]
+    dtype: str = "float32"
+    batchnorm: BatchNormSpec = field(default_factory=BatchNormSpec)
+    last_layer_scale: float = 0.1
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.batchnorm.convention not in BN_CONVENTIONS:
+            raise ValueError(f"BatchNorm convention must be one of {BN_CONVENTIONS}, "
+                             f"got {self.batchnorm.convention!r}")
+
+    def with_(self, **changes) -> "ModelSpec":
+        """Copy with fields replaced; `bn_convention`, `bn_eps`, `bn_momentum` change BatchNorm."""
+        bn = {k[3:]: changes.pop(k) for k in list(changes) if k.startswith("bn_")}
+        if bn:
+            changes["batchnorm"] = replace(self.batchnorm, **bn)
+        return replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        d = json.loads(text)
+        d["layers"] = tuple(LayerSpec(**l) for l in d["layers"])
+        d["batchnorm"] = BatchNormSpec(**d["batchnorm"])
+        return cls(**d)
+
+
+def _hidden_block(fan_in: int, n_hidden: int) -> list[LayerSpec]:
+    return [LayerSpec("linear", fan_in=fan_in, fan_out=n_hidden, bias=False),
+            LayerSpec("batchnorm", dim=n_hidden), LayerSpec("tanh")]
+
+
+def mlp_spec(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidden: int = 200,
+             name: str = "mlp", **kw) -> ModelSpec:
+    """Embedding -> Flatten(all block_size) -> Linear/BN/Tanh -> Linear (Part 3/5 MLP)."""
+    layers = [LayerSpec("embedding", num=vocab_size, dim=n_embd),
+              LayerSpec("flatten", n=block_size),
+              *_hidden_block(n_embd * block_size, n_hidden),
+              LayerSpec("linear", fan_in=n_hidden, fan_out=vocab_size, bias=True)]
+    return ModelSpec(name, vocab_size, block_size, n_embd, n_hidden, tuple(layers), **kw)
+
+
+def wavenet_spec(vocab_size: int = 27, block_size: int = 8, n_embd: int = 24, n_hidden: int = 128,
+                 name: str = "wavenet", **kw) -> ModelSpec:
+    """Hierarchical model of Part 5: three FlattenConsecutive(2) stages, each Linear/BN/Tanh."""
+    if block_size < 2 or block_size & (block_size - 1):
+        raise ValueError(f"the hierarchical model needs block_size a power of two >= 2, got {block_size}")
+    layers = [LayerSpec("embedding", num=vocab_size, dim=n_embd)]
+    width = n_embd
+    for _ in range(block_size.bit_length() - 1):
+        layers += [LayerSpec("flatten", n=2), *_hidden_block(width * 2, n_hidden)]
+        width = n_hidden
+    layers.append(LayerSpec("linear", fan_in=n_hidden, fan_out=vocab_size, bias=True))
+    return ModelSpec(name, vocab_size, block_size, n_embd, n_hidden, tuple(layers), **kw)
+
+
+PRESETS = {
+    "mlp": lambda **kw: mlp_spec(block_size=3, n_embd=10, n_hidden=200, name="mlp", **kw),
+    "mlp-8": lambda **kw: mlp_spec(block_size=8, n_embd=10, n_hidden=200, name="mlp-8", **kw),
+    "wavenet-22k": lambda **kw: wavenet_spec(block_size=8, n_embd=10, n_hidden=68,
+                                             name="wavenet-22k", **kw),
+    "wavenet": lambda **kw: wavenet_spec(block_size=8, n_embd=24, n_hidden=128, name="wavenet", **kw),
+}
+
+
+def get_spec(preset: str, vocab_size: int = 27, dtype: str = "float32",
+             bn_convention: str = "lecture") -> ModelSpec:
+    """The preset's spec. Raises ValueError naming the known presets for an unknown one."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset](vocab_size=vocab_size, dtype=dtype,
+                           batchnorm=BatchNormSpec(convention=bn_convention))

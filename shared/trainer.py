@@ -1,0 +1,176 @@
+"""The training driver every backend runs through: same initial weights, same minibatches, same
+learning-rate schedule, same checkpoints and metrics, whatever the framework.
+
+Source: the training loop of makemore_part5_cnn1.ipynb (200,000 steps, batch 32, lr 0.1 then 0.01
+from step 150,000; `split_loss` in eval mode; 20 samples).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import save_checkpoint
+from .data import Dataset
+from .params import init_params, num_params
+from .registry import get_backend
+from .spec import ModelSpec
+from .stream import BatchStream, sampling_uniforms, seed_streams
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. lr_decay_step None means 3/4 of `steps` (150,000 of 200,000)."""
+    steps: int = 200_000
+    batch_size: int = 32
+    lr: float = 0.1
+    lr_final: float = 0.01
+    lr_decay_step: int | None = None
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError(f"need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+
+    @property
+    def decay_step(self) -> int:
+        """First step (0-based) that uses `lr_final`."""
+        return self.lr_decay_step if self.lr_decay_step is not None else (3 * self.steps) // 4
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The lecture's step schedule: `lr` before `cfg.decay_step`, `lr_final` from it on."""
+    return cfg.lr if step < cfg.decay_step else cfg.lr_final
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; `step` is the 0-based step, `checkpoint` the last good one."""
+
+    def __init__(self, step: int, loss: float, checkpoint: Path | None):
+        self.step, self.loss, self.checkpoint = step, loss, checkpoint
+        where = (f"the last good checkpoint is {checkpoint}" if checkpoint
+                 else "no checkpoint was written (none was asked for or none was reached)")
+        super().__init__(f"loss is {loss} at step {step}: training stopped; {where}. "
+                         "Lower the learning rate (--lr) or check the data.")
+
+
+@dataclass
+class RunResult:
+    """What a training run produced. Times in seconds, speed in steps/s."""
+    backend: str
+    spec: ModelSpec
+    config: TrainConfig
+    losses: np.ndarray            # (steps,) float64 training loss of each minibatch
+    seconds: float
+    train_loss: float | None = None
+    val_loss: float | None = None
+    samples: list[str] = field(default_factory=list)
+    model: object = None
+    params: dict | None = None    # final canonical parameters
+
+    @property
+    def steps_per_s(self) -> float:
+        return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
+
+    def metrics(self) -> dict:
+        """The metrics.json dictionary."""
+        return {"backend": self.backend, "preset": self.spec.name, "params": num_params(self.spec),
+                "steps": len(self.losses), "batch_size": self.config.batch_size,
+                "seed": self.config.seed, "dtype": self.spec.dtype,
+                "bn_convention": self.spec.batchnorm.convention,
+                "lr": self.config.lr, "lr_final": self.config.lr_final,
+                "lr_decay_step": self.config.decay_step,
+                "train_loss": self.train_loss, "val_loss": self.val_loss,
+                "seconds": self.seconds, "steps_per_s": self.steps_per_s,
+                "loss": [float(x) for x in self.losses]}
+
+
+def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
+          out_dir: str | Path | None = None, checkpoint_every: int = 10_000, progress: bool = False,
+          evaluate: bool = True, n_samples: int = 20, params: dict | None = None,
+          step_callback=None) -> RunResult:
+    """Train `spec` on `data` with `backend` for `cfg.steps` SGD steps.
+
+    Arguments:
+        params: initial canonical parameters; default `init_params(spec, seed stream 0)`.
+        out_dir: if given, a checkpoint `checkpoint.safetensors` is written there every
+            `checkpoint_every` steps and at the end (atomically).
+        step_callback: optional callable(step, loss) after every step.
+    Returns:
+        RunResult (losses (steps,) float64, wall seconds of the step loop, final eval losses,
+        samples).
+    Raises:
+        TrainingDiverged: NaN/inf loss; the last good checkpoint is kept.
+        ValueError: spec and data disagree (block_size or vocab_size).
+    """
+    if spec.block_size != data.block_size or spec.vocab_size != data.vocab.vocab_size:
+        raise ValueError(f"spec (block_size {spec.block_size}, vocab_size {spec.vocab_size}) does "
+                         f"not fit the data (block_size {data.block_size}, vocab_size "
+                         f"{data.vocab.vocab_size})")
+    B = get_backend(backend)
+    init_rng, _, _ = seed_streams(cfg.seed)
+    params = init_params(spec, init_rng) if params is None else params
+    model = B.build_model(spec)
+    B.load_params(model, params)
+    opt = B.make_optimizer(model, cfg)
+    Xtr, Ytr = data.train
+    ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
+    last_good = None
+    losses = np.empty(cfg.steps, dtype=np.float64)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.steps, desc=f"{backend} {spec.name}", unit="step", mininterval=0.5,
+                   smoothing=0.05)
+    stream = iter(BatchStream(cfg.seed, len(Xtr), cfg.batch_size))
+    t0 = time.perf_counter()
+    for i in range(cfg.steps):
+        ix = next(stream)
+        loss = float(B.train_step(model, opt, Xtr[ix], Ytr[ix]))
+        if not math.isfinite(loss):
+            if bar:
+                bar.close()
+            raise TrainingDiverged(i, loss, last_good)
+        losses[i] = loss
+        if step_callback is not None:
+            step_callback(i, loss)
+        if bar is not None and (i % 100 == 99 or i == cfg.steps - 1):
+            bar.update(i + 1 - bar.n)
+            bar.set_postfix(loss=f"{losses[max(0, i - 99):i + 1].mean():.4f}", refresh=False)
+        if ckpt is not None and checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < cfg.steps:
+            last_good = save_checkpoint(ckpt, B.export_params(model), spec, data.vocab,
+                                        step=i + 1, backend=backend)
+    seconds = time.perf_counter() - t0
+    if bar:
+        bar.close()
+    res = RunResult(backend, spec, cfg, losses, seconds, model=model)
+    if evaluate:
+        res.train_loss = float(B.evaluate(model, *data.train))
+        res.val_loss = float(B.evaluate(model, *data.val))
+    if n_samples:
+        toks = B.sample(model, sampling_uniforms(cfg.seed, n_samples))
+        res.samples = [data.vocab.decode(t + [0]) for t in toks]
+    res.params = B.export_params(model)
+    if ckpt is not None:
+        save_checkpoint(ckpt, res.params, spec, data.vocab, step=cfg.steps, backend=backend,
+                        train_loss=res.train_loss, val_loss=res.val_loss,
+                        batch_size=cfg.batch_size, seed=cfg.seed)
+    return res
+
+
+def write_run(res: RunResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write metrics.json, loss.png and samples.txt for a finished run; returns their paths."""
+    from .report import plot_loss
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out / "metrics.json", "plot": out / "loss.png", "samples": out / "samples.txt"}
+    tmp = paths["metrics"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res.metrics(), indent=1))
+    tmp.replace(paths["metrics"])
+    plot_loss({res.backend: res.losses}, paths["plot"], title=f"{res.spec.name} ({res.backend})")
+    paths["samples"].write_text("\n".join(res.samples) + "\n")
+    return paths

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real names.txt (CI copies it into data/), datasets, installed backends."""
+import itertools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.data import load_dataset
+from shared.registry import available_backends
+
+ROOT = Path(__file__).resolve().parents[1]
+CANDIDATES = [os.environ.get("MAKEMORE_DATA"), ROOT / "data" / "names.txt",
+              ROOT.parent / "shared" / "data" / "names.txt"]
+
+BACKENDS = available_backends()
+PAIRS = list(itertools.combinations(BACKENDS, 2))
+
+
+@pytest.fixture(scope="session")
+def names_path() -> Path:
+    for c in CANDIDATES:
+        if c and Path(c).is_file():
+            return Path(c)
+    pytest.fail("names.txt not found: copy it to data/names.txt or set MAKEMORE_DATA "
+                "(.ci/run copies ../shared/data/names.txt)")
+
+
+@pytest.fixture(scope="session")
+def data8(names_path):
+    """The lecture's splits with block_size 8 (wavenet, mlp-8)."""
+    return load_dataset(8, names_path)
+
+
+@pytest.fixture(scope="session")
+def data3(names_path):
+    """The lecture's splits with block_size 3 (mlp)."""
+    return load_dataset(3, names_path)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,100 @@
+"""Presets, canonical parameters, initialisation, batch stream and sampling streams."""
+import numpy as np
+import pytest
+
+from shared.params import ParamError, check_params, init_params, num_params, param_shapes
+from shared.spec import ModelSpec, get_spec
+from shared.stream import BatchStream, sample_tokens, sampling_uniforms
+from shared.trainer import TrainConfig, lr_at
+
+
+@pytest.mark.parametrize("preset, count", [("mlp", 12097), ("mlp-8", 22097),
+                                           ("wavenet-22k", 22397), ("wavenet", 76579)])
+def test_param_counts_match_the_lecture(preset, count):
+    assert num_params(get_spec(preset)) == count
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset 'gpt'.*wavenet"):
+        get_spec("gpt")
+
+
+def test_bad_spec_fields():
+    with pytest.raises(ValueError, match="dtype"):
+        get_spec("mlp", dtype="float16")
+    with pytest.raises(ValueError, match="convention"):
+        get_spec("mlp", bn_convention="keras")
+
+
+def test_spec_json_round_trip():
+    s = get_spec("wavenet", dtype="float64", bn_convention="flax")
+    assert ModelSpec.from_json(s.to_json()) == s
+    assert s.with_(bn_momentum=0.2).batchnorm.momentum == 0.2
+
+
+def test_wavenet_layout():
+    s = get_spec("wavenet")
+    kinds = [l.kind for l in s.layers]
+    assert kinds == ["embedding"] + ["flatten", "linear", "batchnorm", "tanh"] * 3 + ["linear"]
+    shapes = param_shapes(s)
+    assert shapes["0.weight"] == (27, 24) and shapes["2.weight"] == (48, 128)
+    assert shapes["6.weight"] == (256, 128) and shapes["13.weight"] == (128, 27)
+    assert shapes["3.running_var"] == (128,)
+
+
+def test_init_follows_the_lecture():
+    s = get_spec("wavenet", dtype="float64")
+    p = init_params(s, 0)
+    assert all(v.dtype == np.float64 for v in p.values())
+    assert abs(p["0.weight"].std() - 1) < 0.1                       # embedding: randn
+    assert abs(p["6.weight"].std() - 1 / np.sqrt(256)) < 0.005      # Linear: randn / sqrt(fan_in)
+    assert abs(p["13.weight"].std() - 0.1 / np.sqrt(128)) < 0.001   # last layer x 0.1
+    assert not p["13.bias"].any() and (p["3.gamma"] == 1).all() and not p["3.beta"].any()
+    assert not p["3.running_mean"].any() and (p["3.running_var"] == 1).all()
+    assert "2.bias" not in p                                        # no bias before BatchNorm
+    q = init_params(s, 0)
+    assert all(np.array_equal(p[k], q[k]) for k in p)
+    assert init_params(get_spec("wavenet"), 0)["0.weight"].dtype == np.float32
+
+
+def test_check_params_names_the_tensor():
+    s = get_spec("mlp")
+    p = init_params(s, 0)
+    check_params(s, p)
+    bad = dict(p)
+    bad["2.weight"] = bad["2.weight"][:, :5]
+    with pytest.raises(ParamError, match=r"'2.weight' has shape \(30, 5\)"):
+        check_params(s, bad)
+    bad = dict(p, **{"9.weight": p["2.weight"]})
+    with pytest.raises(ParamError, match="unexpected tensor '9.weight'"):
+        check_params(s, bad)
+    bad = {k: v for k, v in p.items() if k != "3.gamma"}
+    with pytest.raises(ParamError, match="'3.gamma' is missing"):
+        check_params(s, bad)
+    bad = dict(p, **{"3.beta": p["3.beta"].astype(np.float64)})
+    with pytest.raises(ParamError, match="'3.beta' has dtype float64"):
+        check_params(s, bad)
+
+
+def test_batch_stream_is_deterministic_and_in_range():
+    a = BatchStream(7, 100, 32).take(3000)
+    b = np.array([x for _, x in zip(range(3000), BatchStream(7, 100, 32))])
+    assert a.shape == (3000, 32) and a.dtype == np.int64
+    np.testing.assert_array_equal(a, b)
+    assert a.min() >= 0 and a.max() < 100
+    assert not np.array_equal(a, BatchStream(8, 100, 32).take(3000))
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=200_000)
+    assert cfg.decay_step == 150_000
+    assert lr_at(cfg, 149_999) == 0.1 and lr_at(cfg, 150_000) == 0.01
+    assert TrainConfig(steps=100, lr_decay_step=10).decay_step == 10
+
+
+def test_sample_tokens_inverse_cdf():
+    # probabilities 0.25/0.75 over tokens {0, 1}: u < 0.25 -> 0 (stop), else 1.
+    logits_fn = lambda ctx: np.tile(np.log([0.25, 0.75]), (len(ctx), 1))
+    u = np.array([[0.5, 0.9, 0.1, 0.99], [0.2, 0.9, 0.9, 0.9]])
+    assert sample_tokens(logits_fn, 2, 3, u) == [[1, 1], []]
+    assert sampling_uniforms(3, 4, 10).shape == (4, 10)
