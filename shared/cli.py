@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/BACKEND-PRESET)")
     p.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--fast", action="store_true",
+                   help="the backend's fastest path (fused/compiled steps; same losses)")
 
     p = sub.add_parser("sample", help="print names sampled from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="a checkpoint.safetensors from any backend")
@@ -93,7 +95,7 @@ def cmd_train(args) -> int:
     print(f"{args.backend} {spec.name}: {num_params(spec):,} parameters, {spec.dtype}, "
           f"{len(data.train[0]):,} training examples; writing to {out}")
     res = train(args.backend, spec, cfg, data, out_dir=out, checkpoint_every=args.checkpoint_every,
-                progress=not args.no_progress)
+                progress=not args.no_progress, fast=args.fast)
     write_run(res, out)
     print(f"train loss {res.train_loss:.4f}  val loss {res.val_loss:.4f}  "
           f"{res.seconds:.1f} s  {res.steps_per_s:.1f} steps/s")

@@ -47,6 +47,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr if step < cfg.decay_step else cfg.lr_final
 
 
+FAST_CHUNK = 100  # steps per fast_train_steps call
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; `step` is the 0-based step, `checkpoint` the last good one."""
 
@@ -69,6 +72,7 @@ class RunResult:
     train_loss: float | None = None
     val_loss: float | None = None
     samples: list[str] = field(default_factory=list)
+    fast: bool = False
     model: object = None
     params: dict | None = None    # final canonical parameters
 
@@ -85,21 +89,24 @@ class RunResult:
                 "lr": self.config.lr, "lr_final": self.config.lr_final,
                 "lr_decay_step": self.config.decay_step,
                 "train_loss": self.train_loss, "val_loss": self.val_loss,
-                "seconds": self.seconds, "steps_per_s": self.steps_per_s,
+                "fast": self.fast, "seconds": self.seconds, "steps_per_s": self.steps_per_s,
                 "loss": [float(x) for x in self.losses]}
 
 
 def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
           out_dir: str | Path | None = None, checkpoint_every: int = 10_000, progress: bool = False,
           evaluate: bool = True, n_samples: int = 20, params: dict | None = None,
-          step_callback=None) -> RunResult:
+          step_callback=None, fast: bool = False) -> RunResult:
     """Train `spec` on `data` with `backend` for `cfg.steps` SGD steps.
 
     Arguments:
         params: initial canonical parameters; default `init_params(spec, seed stream 0)`.
         out_dir: if given, a checkpoint `checkpoint.safetensors` is written there every
             `checkpoint_every` steps and at the end (atomically).
-        step_callback: optional callable(step, loss) after every step.
+        step_callback: optional callable(step, loss) after every step (after every chunk of
+            FAST_CHUNK steps with `fast`).
+        fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys)` on
+            chunks of FAST_CHUNK steps (same batches, same schedule, same losses).
     Returns:
         RunResult (losses (steps,) float64, wall seconds of the step loop, final eval losses,
         samples).
@@ -126,28 +133,40 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, desc=f"{backend} {spec.name}", unit="step", mininterval=0.5,
                    smoothing=0.05)
-    stream = iter(BatchStream(cfg.seed, len(Xtr), cfg.batch_size))
+    stream = BatchStream(cfg.seed, len(Xtr), cfg.batch_size)
+    chunk = FAST_CHUNK if fast else 1
+    if fast and not hasattr(B, "fast_train_steps"):
+        raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
+    batches = stream.take(cfg.steps)
     t0 = time.perf_counter()
-    for i in range(cfg.steps):
-        ix = next(stream)
-        loss = float(B.train_step(model, opt, Xtr[ix], Ytr[ix]))
-        if not math.isfinite(loss):
+    i = 0
+    while i < cfg.steps:
+        k = min(chunk, cfg.steps - i)
+        ix = batches[i:i + k]
+        if fast:
+            got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix]), dtype=np.float64)
+        else:
+            got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]])], dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(got))
+        if bad.size:
             if bar:
                 bar.close()
-            raise TrainingDiverged(i, loss, last_good)
-        losses[i] = loss
+            raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)
+        losses[i:i + k] = got
         if step_callback is not None:
-            step_callback(i, loss)
-        if bar is not None and (i % 100 == 99 or i == cfg.steps - 1):
-            bar.update(i + 1 - bar.n)
-            bar.set_postfix(loss=f"{losses[max(0, i - 99):i + 1].mean():.4f}", refresh=False)
-        if ckpt is not None and checkpoint_every and (i + 1) % checkpoint_every == 0 and i + 1 < cfg.steps:
+            step_callback(i + k - 1, float(got[-1]))
+        prev, i = i, i + k
+        if bar is not None and (i // 100 != prev // 100 or i == cfg.steps):
+            bar.update(i - bar.n)
+            bar.set_postfix(loss=f"{losses[max(0, i - 100):i].mean():.4f}", refresh=False)
+        if (ckpt is not None and checkpoint_every and i // checkpoint_every != prev // checkpoint_every
+                and i < cfg.steps):
             last_good = save_checkpoint(ckpt, B.export_params(model), spec, data.vocab,
-                                        step=i + 1, backend=backend)
+                                        step=i, backend=backend)
     seconds = time.perf_counter() - t0
     if bar:
         bar.close()
-    res = RunResult(backend, spec, cfg, losses, seconds, model=model)
+    res = RunResult(backend, spec, cfg, losses, seconds, model=model, fast=fast)
     if evaluate:
         res.train_loss = float(B.evaluate(model, *data.train))
         res.val_loss = float(B.evaluate(model, *data.val))
@@ -158,7 +177,7 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     if ckpt is not None:
         save_checkpoint(ckpt, res.params, spec, data.vocab, step=cfg.steps, backend=backend,
                         train_loss=res.train_loss, val_loss=res.val_loss,
-                        batch_size=cfg.batch_size, seed=cfg.seed)
+                        batch_size=cfg.batch_size, seed=cfg.seed, fast=fast)
     return res
 
 
