@@ -96,7 +96,7 @@ class RunResult:
 def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
           out_dir: str | Path | None = None, checkpoint_every: int = 10_000, progress: bool = False,
           evaluate: bool = True, n_samples: int = 20, params: dict | None = None,
-          step_callback=None, fast: bool = False) -> RunResult:
+          step_callback=None, fast: bool = False, on_start=None) -> RunResult:
     """Train `spec` on `data` with `backend` for `cfg.steps` SGD steps.
 
     Arguments:
@@ -105,6 +105,8 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             `checkpoint_every` steps and at the end (atomically).
         step_callback: optional callable(step, loss) after every step (after every chunk of
             FAST_CHUNK steps with `fast`).
+        on_start: optional callable(model, opt) once the model and optimizer exist, before the
+            first step (lets `makemore diagnose` look at the parameters as training goes).
         fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys)` on
             chunks of FAST_CHUNK steps (same batches, same schedule, same losses).
     Returns:
@@ -124,6 +126,8 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     model = B.build_model(spec)
     B.load_params(model, params)
     opt = B.make_optimizer(model, cfg)
+    if on_start is not None:
+        on_start(model, opt)
     Xtr, Ytr = data.train
     ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
     last_good = None
