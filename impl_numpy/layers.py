@@ -1,0 +1,264 @@
+"""The layers of makemore Part 5 in plain numpy, each with a hand-written backward pass.
+
+Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb) for
+the forward passes, and "Building makemore Part 4: Becoming a Backprop Ninja"
+(makemore_part4_backprop.ipynb) for the backward passes (exercise 1 at 25:00 derives them one
+tensor at a time, exercise 3 at 1:26:00 the closed-form BatchNorm backward).
+Shapes: B batch, T positions, C channels. Every array stays in the dtype of the parameters.
+
+Where torch has autograd, every layer here keeps what its backward needs:
+`self.out` is the output of the last forward and `self.dout` the gradient of the loss with
+respect to it after the last backward (the diagnostics read Tanh's .out/.dout as activations and
+their gradients). `self.grads` holds {field: gradient} for the layer's trainable parameters; the
+arrays are allocated once and overwritten in place by every backward.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Layer:
+    """Common state of a numpy layer (torch gets this from nn.Module)."""
+
+    def __init__(self):
+        self.training = True
+        self.out = None    # output of the last forward
+        self.dout = None   # dLoss/d(out) of the last backward
+        self.grads: dict[str, np.ndarray] = {}
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Trainable parameters {field: array} (canonical layout)."""
+        return {}
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """State that the optimizer does not train (BatchNorm running stats)."""
+        return {}
+
+    def _grad(self, name: str) -> np.ndarray:
+        # the gradient buffer of parameter `name`: allocated on the first backward, then reused
+        g = self.grads.get(name)
+        if g is None:
+            p = self.parameters()[name]
+            g = self.grads[name] = np.empty_like(p)
+        return g
+
+
+# torch ships Embedding; here it is a table lookup forward and a scatter-add backward.
+class Embedding(Layer):
+    """Lookup table: int ids (B, T) -> (B, T, C) rows of weight (num_embeddings, C).
+
+    Backward (Part 4 at 1:13:00, `dC`): every occurrence of token id i adds its upstream gradient
+    to row i. `np.add.at` is unbuffered, so repeated ids (token 0 pads almost every context)
+    accumulate; `dW[X] += dout` would keep only the last one.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype="float32"):
+        super().__init__()
+        self.weight = np.zeros((num_embeddings, embedding_dim), dtype=dtype)
+
+    def parameters(self):
+        return {"weight": self.weight}
+
+    def __call__(self, ix: np.ndarray) -> np.ndarray:
+        self.ix = ix
+        self.out = self.weight[ix]
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> None:
+        """dout (B, T, C) -> accumulates grads['weight'] (num, C); ids have no gradient."""
+        self.dout = dout
+        dW = self._grad("weight")
+        dW.fill(0)
+        np.add.at(dW, self.ix, dout)
+        return None
+
+
+class FlattenConsecutive(Layer):
+    """Merge `n` consecutive positions: (B, T, C) -> (B, T//n, C*n); squeezed to (B, C*n) when
+    T//n == 1. Lecture Part 5 at 38:50 ("FlattenConsecutive"). Raises ValueError if n does not
+    divide T. Backward: a reshape back to the input's shape (a view, no arithmetic)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        B, T, C = x.shape
+        if T % self.n:
+            raise ValueError(f"FlattenConsecutive({self.n}) got {T} positions; T must be a multiple of n")
+        self.in_shape = x.shape
+        x = x.reshape(B, T // self.n, C * self.n)
+        if x.shape[1] == 1:
+            x = x.reshape(B, C * self.n)
+        self.out = x
+        return x
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (B, T//n, C*n) or (B, C*n) -> dx (B, T, C)."""
+        self.dout = dout
+        return dout.reshape(self.in_shape)
+
+
+# Weight kept as (fan_in, fan_out) as in the lecture (torch stores (fan_out, fan_in)).
+class Linear(Layer):
+    """y = x @ W + b for x (B, fan_in) or (B, T, fan_in); W (fan_in, fan_out), b (fan_out,).
+
+    Backward (Part 4 at 1:04:00, "dh = dlogits @ W2.T, dW2 = h.T @ dlogits, db2 = dlogits.sum(0)"):
+    3-D input is flattened to (B*T, fan_in) for dW, and db sums over every axis but the last.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int, bias: bool = True, dtype="float32"):
+        super().__init__()
+        self.weight = np.zeros((fan_in, fan_out), dtype=dtype)
+        self.bias = np.zeros(fan_out, dtype=dtype) if bias else None
+
+    def parameters(self):
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        out = x @ self.weight
+        if self.bias is not None:
+            out += self.bias
+        self.out = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (..., fan_out) -> dx (..., fan_in); fills grads weight (fan_in, fan_out), bias."""
+        self.dout = dout
+        fan_in, fan_out = self.weight.shape
+        d2 = dout.reshape(-1, fan_out)
+        np.matmul(self.x.reshape(-1, fan_in).T, d2, out=self._grad("weight"))
+        if self.bias is not None:
+            np.sum(d2, axis=0, out=self._grad("bias"))
+        return dout @ self.weight.T
+
+
+class BatchNorm1d(Layer):
+    """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
+
+    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 46:00 (3-D input:
+    reduce over dims (0, 1)). Parameters gamma, beta (C,); buffers running_mean, running_var (C,).
+    `convention` (DESIGN.md): 'lecture' normalises with the unbiased variance and keeps it;
+    'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
+    the biased one for both. running = (1 - momentum) * running + momentum * batch.
+
+    Backward: the closed form of Part 4 exercise 3 (1:26:00), generalised to a divisor d of the
+    variance (d = n - 1 unbiased, d = n biased) and n = B or B*T reduced elements:
+        dx = inv_std / n * (n * dxhat - sum(dxhat) - (n / d) * xhat * sum(dxhat * xhat)),
+    dxhat = gamma * dout, sums over the reduced axes. (The lecture's n/(n-1) is the d = n-1 case.)
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
+                 dtype="float32"):
+        super().__init__()
+        if convention not in ("lecture", "torch", "flax"):
+            raise ValueError(f"unknown BatchNorm convention {convention!r}")
+        self.eps, self.momentum, self.convention = eps, momentum, convention
+        self.gamma = np.ones(dim, dtype=dtype)
+        self.beta = np.zeros(dim, dtype=dtype)
+        self.running_mean = np.zeros(dim, dtype=dtype)
+        self.running_var = np.ones(dim, dtype=dtype)
+
+    def parameters(self):
+        return {"gamma": self.gamma, "beta": self.beta}
+
+    def buffers(self):
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.training:
+            dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
+            n = x.size // x.shape[-1]
+            if n < 2:
+                raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
+            xmean = x.mean(dims)
+            xc = x - xmean
+            sq = (xc * xc).sum(dims)
+            var_biased, var_unbiased = sq / n, sq / (n - 1)   # Python int divisors keep the dtype
+            self.d = n - 1 if self.convention == "lecture" else n
+            xvar = var_unbiased if self.convention == "lecture" else var_biased
+            m = self.momentum
+            # in place, so the arrays exported/loaded by model.py stay the same objects
+            run = var_biased if self.convention == "flax" else var_unbiased
+            self.running_mean[...] = (1 - m) * self.running_mean + m * xmean
+            self.running_var[...] = (1 - m) * self.running_var + m * run
+        else:
+            xmean, xvar = self.running_mean, self.running_var
+            xc = x - xmean
+        self.inv_std = 1.0 / np.sqrt(xvar + self.eps)
+        self.xhat = xc * self.inv_std
+        self.out = self.gamma * self.xhat + self.beta
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout like x -> dx like x; fills grads gamma, beta (C,). Train mode only (the batch
+        statistics depend on x); in eval mode the running stats are constants."""
+        self.dout = dout
+        dims = tuple(range(dout.ndim - 1))
+        xhat = self.xhat
+        np.sum(dout * xhat, axis=dims, out=self._grad("gamma"))
+        np.sum(dout, axis=dims, out=self._grad("beta"))
+        dxhat = self.gamma * dout
+        if not self.training:
+            return dxhat * self.inv_std
+        n = dout.size // dout.shape[-1]
+        return self.inv_std / n * (n * dxhat - dxhat.sum(dims) - (n / self.d) * xhat * (dxhat * xhat).sum(dims))
+
+
+# torch ships Tanh and Sequential; here they are written out.
+class Tanh(Layer):
+    """Elementwise tanh, any shape. Backward (Part 4 at 40:00): dx = (1 - out**2) * dout."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.out = np.tanh(x)
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self.dout = dout
+        return (1.0 - self.out * self.out) * dout
+
+
+class Sequential(Layer):
+    """Layers applied in order (index = canonical layer index); backward runs them in reverse."""
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        self.layers = list(layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def train(self, mode: bool = True) -> "Sequential":
+        """Train mode (batch statistics) or eval mode (running statistics), as nn.Module.train."""
+        self.training = mode
+        for l in self.layers:
+            l.training = mode
+        return self
+
+    def eval(self) -> "Sequential":
+        return self.train(False)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        for l in self.layers:
+            x = l(x)
+        self.out = x
+        return x
+
+    def backward(self, dout: np.ndarray) -> None:
+        """Backpropagate dLoss/d(logits) through every layer (the embedding ends the chain)."""
+        self.dout = dout
+        for l in reversed(self.layers):
+            dout = l.backward(dout)
+
+    def named_parameters(self):
+        """Yield (canonical name, array) of the trainable parameters, layer order."""
+        for i, l in enumerate(self.layers):
+            for k, v in l.parameters().items():
+                yield f"{i}.{k}", v

@@ -1,0 +1,116 @@
+"""Build a numpy model from the shared spec; move canonical parameters in and out; forward, loss
+and gradients (hand-written backward: there is no autograd here)."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.data import check_token_ids
+from shared.params import check_params, param_shapes
+from shared.spec import ModelSpec
+
+from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def build_model(spec: ModelSpec) -> Sequential:
+    """A Sequential whose layer k is spec.layers[k], in the spec's dtype, in train mode.
+
+    Its weights are zeros/ones placeholders: load canonical parameters with :func:`load_params`.
+    """
+    bn, dt = spec.batchnorm, DTYPES[spec.dtype]
+    layers = []
+    for l in spec.layers:
+        if l.kind == "embedding":
+            layers.append(Embedding(l.num, l.dim, dtype=dt))
+        elif l.kind == "flatten":
+            layers.append(FlattenConsecutive(l.n))
+        elif l.kind == "linear":
+            layers.append(Linear(l.fan_in, l.fan_out, bias=l.bias, dtype=dt))
+        elif l.kind == "batchnorm":
+            layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
+                                      dtype=dt))
+        elif l.kind == "tanh":
+            layers.append(Tanh())
+        else:
+            raise ValueError(f"unknown layer kind {l.kind!r}")
+    model = Sequential(*layers).train()
+    model.spec = spec
+    return model
+
+
+def _state(model: Sequential) -> dict[str, np.ndarray]:
+    # numpy keeps Linear weights as (fan_in, fan_out): the canonical layout, nothing to transpose.
+    sd = {}
+    for i, l in enumerate(model):
+        for k, v in (l.parameters() | l.buffers()).items():
+            sd[f"{i}.{k}"] = v
+    return sd
+
+
+def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical parameters (names, shapes, dtype checked) into the model, in place.
+
+    Raises shared.params.ParamError naming the tensor that does not fit.
+    """
+    check_params(model.spec, params)
+    sd = _state(model)
+    for k, v in params.items():
+        sd[k][...] = v
+
+
+def export_params(model: Sequential) -> dict[str, np.ndarray]:
+    """Canonical parameters (copies), running stats included, in spec order."""
+    sd = _state(model)
+    return {k: sd[k].copy() for k in param_shapes(model.spec)}
+
+
+def _tokens(model: Sequential, X) -> np.ndarray:
+    X = np.asarray(X)
+    check_token_ids(X, model.spec.vocab_size)
+    return X.astype(np.int64, copy=False)
+
+
+def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
+    """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
+    statistics and updates the running stats; eval mode uses the running stats."""
+    model.train(train)
+    return model(_tokens(model, X)).copy()
+
+
+def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
+    """The output of every layer, in order (the last one is the logits)."""
+    model.train(train)
+    model(_tokens(model, X))
+    return [l.out.copy() for l in model]
+
+
+# torch: F.cross_entropy + autograd. Here the fused softmax-cross-entropy backward is written out.
+def cross_entropy(logits: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of logits (B, V) against targets Y (B,) int, and dloss/dlogits (B, V).
+
+    Lecture Part 4 exercise 2 (1:17:00): dlogits = (softmax(logits) - onehot(Y)) / B.
+    The log-softmax subtracts the row max first (as F.cross_entropy) so exp cannot overflow.
+    Returns (loss as a Python float, dlogits in the logits' dtype).
+    """
+    B = logits.shape[0]
+    rows = np.arange(B)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    logp_y = shifted[rows, Y] - np.log(s[:, 0])
+    loss = -logp_y.mean()
+    dlogits = e / s
+    dlogits[rows, Y] -= 1
+    dlogits /= B
+    return float(loss), dlogits
+
+
+def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+    """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
+    trainable parameter under its canonical name and layout (copies)."""
+    model.train(True)
+    loss, dlogits = cross_entropy(model(_tokens(model, X)), np.asarray(Y, dtype=np.int64))
+    model.backward(dlogits)
+    grads = {f"{i}.{k}": g.copy() for i, l in enumerate(model) for k, g in l.grads.items()}
+    return loss, {k: grads[k] for k in param_shapes(model.spec, buffers=False)}

@@ -1,0 +1,95 @@
+"""Training, evaluation and sampling written out in numpy: a hand-written SGD with the lecture's
+step schedule (no optimizer library), train/eval mode flags, chunked evaluation."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.data import check_token_ids
+from shared.stream import sample_tokens
+from shared.trainer import TrainConfig, lr_at
+
+from .model import _tokens, cross_entropy
+
+EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
+
+
+class SGD:
+    """Plain SGD, `p -= lr_at(cfg, t) * grad` (Part 5's `p.data += -lr * p.grad`), with the step
+    count t kept here (torch keeps it in its LR scheduler, optax in its state).
+
+    `params` are (layer, field) pairs: the gradient is read from layer.grads[field] after backward.
+    """
+
+    def __init__(self, model, cfg: TrainConfig):
+        self.cfg, self.t = cfg, 0
+        self.params = [(l, k) for l in model for k in l.parameters()]
+
+    @property
+    def lr(self) -> float:
+        return lr_at(self.cfg, self.t)
+
+    def step(self) -> None:
+        lr = self.lr  # a Python float: numpy keeps the parameters' dtype (NEP 50)
+        for layer, k in self.params:
+            getattr(layer, k).__isub__(lr * layer.grads[k])   # in place: model.py's arrays stay live
+        self.t += 1
+
+
+def make_optimizer(model, cfg: TrainConfig) -> SGD:
+    """The hand-written SGD with the lecture's step schedule (lr, then lr_final from
+    cfg.decay_step)."""
+    return SGD(model, cfg)
+
+
+def train_step(model, opt: SGD, X, Y) -> float:
+    """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
+    model.train()
+    logits = model(_tokens(model, X))
+    loss, dlogits = cross_entropy(logits, np.asarray(Y, dtype=np.int64))
+    model.backward(dlogits)
+    opt.step()
+    return loss
+
+
+def evaluate(model, X, Y) -> float:
+    """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss), computed in
+    chunks of EVAL_CHUNK rows (rows are independent in eval mode) and summed in float64."""
+    model.eval()
+    X, Y = _tokens(model, X), np.asarray(Y, dtype=np.int64)
+    total = 0.0
+    for i in range(0, len(X), EVAL_CHUNK):
+        loss, _ = cross_entropy(model(X[i:i + EVAL_CHUNK]), Y[i:i + EVAL_CHUNK])
+        total += loss * len(Y[i:i + EVAL_CHUNK])
+    model.train()
+    return total / len(X)
+
+
+def sample(model, uniforms: np.ndarray) -> list[list[int]]:
+    """Sample len(uniforms) names in eval mode with the shared inverse-CDF draws; token lists
+    without the end token."""
+    model.eval()
+    out = sample_tokens(lambda ctx: model(ctx), len(uniforms), model.spec.block_size, uniforms)
+    model.train()
+    return out
+
+
+def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
+    """k SGD steps on Xs (k, B, block_size) int, Ys (k, B) int; returns the k losses (float64).
+
+    The numpy fast path: token ids are checked once for all k steps, the arrays are converted once,
+    the losses go into one preallocated array, and the gradient buffers (layer.grads) are reused
+    by every backward. The arithmetic is exactly that of train_step, so the losses are bitwise
+    the same as k calls of it.
+    """
+    Xs, Ys = np.asarray(Xs), np.asarray(Ys)
+    check_token_ids(Xs, model.spec.vocab_size)
+    check_token_ids(Ys, model.spec.vocab_size)
+    Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
+    losses = np.empty(len(Xs), dtype=np.float64)
+    model.train()
+    for i in range(len(Xs)):
+        loss, dlogits = cross_entropy(model(Xs[i]), Ys[i])
+        model.backward(dlogits)
+        opt.step()
+        losses[i] = loss
+    return losses
