@@ -38,10 +38,12 @@ def _f64(a) -> np.ndarray:
 
 def tanh_stats(t) -> dict:
     """Mean, std (ddof=1) and saturation % (share of |t| > 0.97, in percent) of a Tanh output
-    (any shape, any float dtype; computed in float64). Lecture Part 3 at 1:18:35."""
+    (any shape, any float dtype; mean and std in float64, the threshold in t's dtype). Lecture Part 3 at 1:18:35."""
+    t = np.asarray(t)
+    # compare in the array's own dtype, as torch does (float32(0.97) > 0.97 in float64)
+    sat = float((np.abs(t) > np.asarray(SATURATION, dtype=t.dtype)).mean() * 100.0)
     t = _f64(t)
-    return {"mean": float(t.mean()), "std": float(t.std(ddof=1)),
-            "saturated_pct": float((np.abs(t) > SATURATION).mean() * 100.0)}
+    return {"mean": float(t.mean()), "std": float(t.std(ddof=1)), "saturated_pct": sat}
 
 
 def grad_stats(g) -> dict:
@@ -183,7 +185,7 @@ def _legends(ax, labels: list[str], backends: list[str]) -> None:
                       loc="upper right", fontsize=8)
     if len(backends) > 1:
         ax.add_artist(first)
-        ax.legend([Line2D([], [], color="k", ls=_style(b, runs)) for b in backends], backends,
+        ax.legend([Line2D([], [], color="k", ls=STYLES.get(b, "-")) for b in backends], backends,
                   loc="upper left", fontsize=8, title="backend")
 
 
