@@ -2,6 +2,9 @@
 step schedule (no optimizer library), train/eval mode flags, chunked evaluation."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+
 import numpy as np
 
 from shared.data import check_token_ids
@@ -11,6 +14,47 @@ from shared.trainer import TrainConfig, lr_at
 from .model import _tokens, cross_entropy
 
 EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
+
+
+def _openblas_threads():
+    """(get, set) of the OpenBLAS thread count numpy is linked against, or None (another BLAS,
+    or not Linux). Found through the process's loaded libraries: no extra dependency."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    for path in sorted(libs):
+        lib = ctypes.CDLL(path)
+        for suffix in ("64_", "_64_", ""):
+            get = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None) or \
+                getattr(lib, f"openblas_get_num_threads{suffix}", None)
+            put = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None) or \
+                getattr(lib, f"openblas_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                return get, put
+    return None
+
+
+_BLAS = _openblas_threads()
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the block with one BLAS thread. A training step's matrices are tiny ((32*4, 48) @
+    (48, 128)): OpenBLAS's thread hand-off costs more than the product, and on a busy 2-core
+    machine its spinning threads made a step 16x slower. Torch decides this per op by itself;
+    numpy needs it said. A no-op where numpy's BLAS is not OpenBLAS."""
+    if _BLAS is None:
+        yield
+        return
+    get, put = _BLAS
+    old = get()
+    put(1)
+    try:
+        yield
+    finally:
+        put(old)
 
 
 class SGD:
@@ -44,10 +88,11 @@ def make_optimizer(model, cfg: TrainConfig) -> SGD:
 def train_step(model, opt: SGD, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
     model.train()
-    logits = model(_tokens(model, X))
-    loss, dlogits = cross_entropy(logits, np.asarray(Y, dtype=np.int64))
-    model.backward(dlogits)
-    opt.step()
+    with single_threaded_blas():
+        logits = model(_tokens(model, X))
+        loss, dlogits = cross_entropy(logits, np.asarray(Y, dtype=np.int64))
+        model.backward(dlogits)
+        opt.step()
     return loss
 
 
@@ -68,7 +113,8 @@ def sample(model, uniforms: np.ndarray) -> list[list[int]]:
     """Sample len(uniforms) names in eval mode with the shared inverse-CDF draws; token lists
     without the end token."""
     model.eval()
-    out = sample_tokens(lambda ctx: model(ctx), len(uniforms), model.spec.block_size, uniforms)
+    with single_threaded_blas():
+        out = sample_tokens(lambda ctx: model(ctx), len(uniforms), model.spec.block_size, uniforms)
     model.train()
     return out
 
@@ -78,7 +124,7 @@ def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
 
     The numpy fast path: token ids are checked once for all k steps, the arrays are converted once,
     the losses go into one preallocated array, and the gradient buffers (layer.grads) are reused
-    by every backward. The arithmetic is exactly that of train_step, so the losses are bitwise
+    by every backward, and BLAS is set to one thread once for the k steps. The arithmetic is exactly that of train_step, so the losses are bitwise
     the same as k calls of it.
     """
     Xs, Ys = np.asarray(Xs), np.asarray(Ys)
@@ -87,9 +133,10 @@ def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
     Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
     losses = np.empty(len(Xs), dtype=np.float64)
     model.train()
-    for i in range(len(Xs)):
-        loss, dlogits = cross_entropy(model(Xs[i]), Ys[i])
-        model.backward(dlogits)
-        opt.step()
-        losses[i] = loss
+    with single_threaded_blas():
+        for i in range(len(Xs)):
+            loss, dlogits = cross_entropy(model(Xs[i]), Ys[i])
+            model.backward(dlogits)
+            opt.step()
+            losses[i] = loss
     return losses
