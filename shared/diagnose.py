@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .params import param_shapes
-from .registry import BACKENDS, get_backend
+from .registry import available_backends, get_backend
 from .stream import BatchStream
 from .trainer import TrainConfig, lr_at, train
 
@@ -38,7 +38,8 @@ def _f64(a) -> np.ndarray:
 
 def tanh_stats(t) -> dict:
     """Mean, std (ddof=1) and saturation % (share of |t| > 0.97, in percent) of a Tanh output
-    (any shape, any float dtype; mean and std in float64, the threshold in t's dtype). Lecture Part 3 at 1:18:35."""
+    (any shape, any float dtype; mean and std in float64, the threshold in t's dtype).
+    Lecture Part 3 at 1:18:35."""
     t = np.asarray(t)
     # compare in the array's own dtype, as torch does (float32(0.97) > 0.97 in float64)
     sat = float((np.abs(t) > np.asarray(SATURATION, dtype=t.dtype)).mean() * 100.0)
@@ -313,12 +314,13 @@ def diagnose(backends: list[str], spec, cfg: TrainConfig, data, out_dir) -> dict
 
 
 def main(args) -> int:
-    """`makemore diagnose`: args from shared.cli (backend numpy/torch/jax/all, preset, steps,
-    batch_size, seed, dtype, bn, lr, lr_final, lr_decay_step, data, out). Prints the table."""
+    """`makemore diagnose`: args from shared.cli (backend numpy/torch/jax, or all: every installed
+    backend; preset, steps, batch_size, seed, dtype, bn, lr, lr_final, lr_decay_step, data, out).
+    Prints the table; returns 0. Raises UsageError (steps < 1), BackendError, ValueError."""
     from .cli import UsageError, _config, _spec_and_data
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1 for the update:data ratio, got {args.steps}")
-    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
+    backends = available_backends() if args.backend == "all" else [args.backend]
     for b in backends:
         diagnostics_module(b)  # fail fast: unknown, missing or without diagnostics
     cfg = _config(args)
