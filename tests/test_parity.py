@@ -1,0 +1,204 @@
+"""Parity across every pair of installed backends (conftest.PAIRS): the same canonical parameters
+and the same batch give the same logits, loss, gradients, every layer's output (train and eval
+mode), BatchNorm running stats, SGD trajectory, checkpoints and sampled names.
+
+Only the backend interface of DESIGN.md is used, so a new backend joins the suite unchanged.
+Tolerances (DESIGN.md "Precision and parity"), relative to the largest |value| of the tensor:
+float64 1e-10 everywhere; float32 1e-5 for outputs/logits/loss, 1e-4 for gradients.
+"""
+import ast
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BACKENDS, PAIRS
+from shared.checkpoint import load_checkpoint
+from shared.params import init_params, is_buffer
+from shared.registry import get_backend
+from shared.spec import get_spec
+from shared.stream import sampling_uniforms
+from shared.trainer import TrainConfig, train
+
+TOL = {"float64": {"out": 1e-10, "grad": 1e-10}, "float32": {"out": 1e-5, "grad": 1e-4}}
+LAYER_CLASSES = ["Embedding", "FlattenConsecutive", "Linear", "BatchNorm1d", "Tanh", "Sequential"]
+
+pytestmark = pytest.mark.skipif(not PAIRS, reason="parity needs two installed backends")
+
+
+def assert_same(a, b, what: str, rtol: float, names=("a", "b")) -> None:
+    """Fail unless max|a - b| <= rtol * max|b|; the message names the tensor, the two backends,
+    the size of the difference and where it is largest."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} on {names[0]} but {b.shape} on {names[1]}"
+    if a.size == 0:
+        return
+    assert np.isfinite(a).all() and np.isfinite(b).all(), f"{what}: non-finite values"
+    diff = np.abs(a - b)
+    scale = max(float(np.abs(b).max()), np.finfo(np.float64).tiny)
+    worst = np.unravel_index(int(diff.argmax()), diff.shape)
+    assert diff.max() <= rtol * scale, (
+        f"{what} differs between {names[0]} and {names[1]}: max |diff| {diff.max():.3g} at index "
+        f"{tuple(int(i) for i in worst)} ({a[worst]!r} vs {b[worst]!r}) = {diff.max() / scale:.3g} "
+        f"of max |value| {scale:.3g}, above rtol {rtol:g}")
+
+
+def layer_name(spec, k: int) -> str:
+    return f"layer {k} ({spec.layers[k].kind})"
+
+
+def perturbed_params(spec, seed=0):
+    """Initial parameters with gamma, beta and running stats moved off 1/0 so every term counts."""
+    rng = np.random.default_rng(seed + 100)
+    p = init_params(spec, seed)
+    dt = np.dtype(spec.dtype)
+    for k, v in p.items():
+        if k.endswith(("gamma", "running_var")):
+            p[k] = rng.uniform(0.5, 1.5, size=v.shape).astype(dt)
+        elif k.endswith(("beta", "running_mean", ".bias")):
+            p[k] = (0.1 * rng.normal(size=v.shape)).astype(dt)
+    return p
+
+
+def built(name, spec, params):
+    B = get_backend(name)
+    model = B.build_model(spec)
+    B.load_params(model, params)
+    return B, model
+
+
+def batch(spec, n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, spec.vocab_size, size=(n, spec.block_size)),
+            rng.integers(0, spec.vocab_size, size=n))
+
+
+@pytest.fixture(params=PAIRS, ids=["-".join(p) for p in PAIRS])
+def pair(request):
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("train_mode", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("preset", ["mlp", "wavenet"])
+def test_every_layer_output(pair, preset, train_mode, dtype):
+    spec = get_spec(preset, dtype=dtype)
+    p = perturbed_params(spec)
+    X, _ = batch(spec)
+    outs = {}
+    for name in pair:
+        B, model = built(name, spec, p)
+        outs[name] = B.layer_outputs(model, X, train=train_mode)
+        logits = B.forward(model, X, train=False)
+        assert logits.dtype == np.dtype(dtype), f"{name} returned {logits.dtype} logits for {dtype}"
+        outs[name].append(logits)
+    a, b = pair
+    assert len(outs[a]) == len(outs[b]) == len(spec.layers) + 1
+    for k in range(len(spec.layers)):
+        assert_same(outs[a][k], outs[b][k], f"{layer_name(spec, k)} output, {dtype}, "
+                    f"{'train' if train_mode else 'eval'} mode", TOL[dtype]["out"], pair)
+    assert_same(outs[a][-1], outs[b][-1], f"eval-mode logits after a {'train' if train_mode else 'eval'}"
+                f"-mode forward, {dtype}", TOL[dtype]["out"], pair)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("convention", ["lecture", "torch", "flax"])
+@pytest.mark.parametrize("preset", ["mlp", "wavenet"])
+def test_loss_gradients_and_running_stats(pair, preset, convention, dtype):
+    spec = get_spec(preset, dtype=dtype, bn_convention=convention)
+    p = perturbed_params(spec, seed=1)
+    X, Y = batch(spec, seed=1)
+    res = {}
+    for name in pair:
+        B, model = built(name, spec, p)
+        loss, grads = B.loss_and_grads(model, X, Y)
+        assert isinstance(loss, float), f"{name}: loss is {type(loss).__name__}, not float"
+        res[name] = (loss, grads, B.export_params(model))
+    a, b = pair
+    tol = TOL[dtype]
+    what = f"{preset}/{convention}/{dtype}"
+    assert_same(res[a][0], res[b][0], f"loss ({what})", tol["out"], pair)
+    assert set(res[a][1]) == set(res[b][1]) == {k for k in p if not is_buffer(k)}
+    for k in res[a][1]:
+        assert res[a][1][k].dtype == res[b][1][k].dtype == np.dtype(dtype), f"gradient {k} dtype"
+        assert_same(res[a][1][k], res[b][1][k], f"gradient of {k} ({what})", tol["grad"], pair)
+    # one train-mode forward moved the running stats; everything else is unchanged
+    for k in p:
+        assert_same(res[a][2][k], res[b][2][k], f"{k} after loss_and_grads ({what})", tol["out"], pair)
+        if is_buffer(k):
+            assert not np.array_equal(res[a][2][k], p[k]), f"{a}: {k} not updated in train mode"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_sgd_step_updates_params_and_running_stats_alike(pair, dtype):
+    spec = get_spec("wavenet", dtype=dtype)
+    p = perturbed_params(spec, seed=2)
+    X, Y = batch(spec, seed=2)
+    after = {}
+    for name in pair:
+        B, model = built(name, spec, p)
+        opt = B.make_optimizer(model, TrainConfig(steps=10))
+        B.train_step(model, opt, X, Y)
+        after[name] = B.export_params(model)
+    for k in p:
+        assert_same(after[pair[0]][k], after[pair[1]][k], f"{k} after one train_step ({dtype})",
+                    TOL[dtype]["out"], pair)
+
+
+@pytest.mark.parametrize("dtype,steps,rtol", [("float64", 200, 1e-10), ("float32", 50, 1e-4)])
+def test_sgd_trajectory(pair, data8, dtype, steps, rtol):
+    # the lr drops at step steps//2, so both branches of the schedule are exercised
+    spec = get_spec("wavenet-22k", dtype=dtype)
+    cfg = TrainConfig(steps=steps, lr_decay_step=steps // 2, seed=5)
+    runs = {name: train(name, spec, cfg, data8, evaluate=False, n_samples=0) for name in pair}
+    a, b = (runs[n] for n in pair)
+    for i in range(steps):   # the first step that diverges is the one to report
+        assert_same(a.losses[i], b.losses[i], f"training loss at step {i} ({dtype})", rtol, pair)
+    for k in a.params:
+        assert_same(a.params[k], b.params[k], f"{k} after {steps} steps ({dtype})",
+                    rtol if dtype == "float64" else 1e-3, pair)
+
+
+def test_checkpoint_from_one_backend_loads_into_the_other(pair, data8, tmp_path):
+    spec = get_spec("wavenet-22k", dtype="float32")
+    cfg = TrainConfig(steps=40, seed=9)
+    X = data8.val[0][:64]
+    u = sampling_uniforms(9, 10)
+    for src, dst in (pair, pair[::-1]):
+        res = train(src, spec, cfg, data8, out_dir=tmp_path / src, evaluate=False, n_samples=10)
+        params, md = load_checkpoint(tmp_path / src / "checkpoint.safetensors")
+        assert md["backend"] == src
+        S = get_backend(src)
+        D, model = built(dst, md["spec"], params)
+        assert_same(D.forward(model, X), S.forward(res.model, X),
+                    f"eval logits of a {src} checkpoint loaded into {dst}", 1e-5, (dst, src))
+        names = [data8.vocab.decode(t + [0]) for t in D.sample(model, u)]
+        assert names == res.samples, f"{dst} samples {names} from the {src} checkpoint differ from {src}'s"
+
+
+def _top_level_names(path: Path, kinds) -> list[str]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and "class" in kinds:
+            out.append(node.name)
+        elif isinstance(node, ast.FunctionDef) and "def" in kinds and not node.name.startswith("_"):
+            out.append(node.name)
+        elif isinstance(node, ast.Assign) and "class" in kinds:
+            out += [t.id for t in node.targets if isinstance(t, ast.Name) and t.id in LAYER_CLASSES]
+    return out
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_parallel_structure(name):
+    """The side-by-side promise: the layer classes, and the interface functions, appear in every
+    backend in the same order as in impl_torch (extra helpers may sit between them)."""
+    pkg = Path(importlib.import_module(f"impl_{name}").__file__).parent
+    ref = Path(importlib.import_module("impl_torch").__file__).parent
+    layers = [n for n in _top_level_names(pkg / "layers.py", {"class"}) if n in LAYER_CLASSES]
+    assert layers == LAYER_CLASSES, f"impl_{name}/layers.py defines {layers}, expected {LAYER_CLASSES}"
+    for f in ("model.py", "train.py"):
+        want = _top_level_names(ref / f, {"def"})
+        got = [n for n in _top_level_names(pkg / f, {"def"}) if n in want]
+        assert got == want, f"impl_{name}/{f}: public functions in order {got}, impl_torch has {want}"
