@@ -1,0 +1,109 @@
+"""The layers of makemore Part 5 in Flax nnx.
+
+Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb), where
+the lecture writes these layers "torch.nn-like" by hand; here flax.nnx's own modules are used
+wherever Flax ships one (Embed, Linear, Sequential) and the other three are nnx.Modules.
+Shapes: B batch, T positions, C channels. Flax docs: https://flax.readthedocs.io/en/latest/nnx_basics.html
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Flax ships Embed: field `embedding` (vocab_size, n_embd), the canonical layout already.
+# Flax initialises it from an nnx.Rngs key; model.py overwrites it with the shared parameters.
+Embedding = nnx.Embed
+
+
+class FlattenConsecutive(nnx.Module):
+    """Merge `n` consecutive positions: (B, T, C) -> (B, T//n, C*n); squeezed to (B, C*n) when
+    T//n == 1. Lecture Part 5 at 38:50 ("FlattenConsecutive"). Raises ValueError if n does not
+    divide T (shapes are static under jit, so this raises at trace time)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        B, T, C = x.shape
+        if T % self.n:
+            raise ValueError(f"FlattenConsecutive({self.n}) got {T} positions; T must be a multiple of n")
+        x = x.reshape(B, T // self.n, C * self.n)
+        if x.shape[1] == 1:
+            x = x.squeeze(1)
+        return x
+
+
+# Flax ships Linear with `kernel` (fan_in, fan_out): the canonical layout, no transpose (torch needs one).
+Linear = nnx.Linear
+
+
+class BatchNorm1d(nnx.Module):
+    """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
+
+    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 46:00 (3-D input:
+    reduce over dims (0, 1)). Parameters gamma, beta (C,) are nnx.Param; running_mean, running_var
+    (C,) are nnx.BatchStat (state the optimizer does not touch). `convention` (DESIGN.md):
+    'lecture' normalises with the unbiased variance and keeps it; 'torch' normalises with the
+    biased one, keeps the unbiased one; 'flax' uses the biased one for both.
+    running = (1 - momentum) * running + momentum * batch (torch's meaning: nnx.BatchNorm's
+    momentum=0.9 is our 0.1). The variance is two-pass, mean((x - mean)**2): nnx.BatchNorm's default
+    E[x^2] - E[x]^2 loses digits when the mean is large.
+
+    Train/eval the nnx way: `use_running_average` is the attribute `model.train()` sets to False
+    and `model.eval()` sets to True (as on nnx.BatchNorm). Arrays are created in `dtype`.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
+                 *, dtype=jnp.float32, use_running_average: bool = False):
+        if convention not in ("lecture", "torch", "flax"):
+            raise ValueError(f"unknown BatchNorm convention {convention!r}")
+        self.eps, self.momentum, self.convention = eps, momentum, convention
+        self.use_running_average = use_running_average
+        self.gamma = nnx.Param(jnp.ones(dim, dtype=dtype))
+        self.beta = nnx.Param(jnp.zeros(dim, dtype=dtype))
+        self.running_mean = nnx.BatchStat(jnp.zeros(dim, dtype=dtype))
+        self.running_var = nnx.BatchStat(jnp.ones(dim, dtype=dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.use_running_average:
+            axes = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
+            n = x.size // x.shape[-1]
+            if n < 2:
+                raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
+            xmean = x.mean(axes)
+            sq = ((x - xmean) ** 2).sum(axes)  # two-pass variance
+            var_biased, var_unbiased = sq / n, sq / (n - 1)
+            xvar = var_unbiased if self.convention == "lecture" else var_biased
+            # nnx Variables are updated in place with `var[...] = ` (flax 0.12; torch: a buffer under
+            # no_grad); the running stats carry no gradient, so stop it explicitly.
+            m = self.momentum
+            self.running_mean[...] = (1 - m) * self.running_mean[...] + m * jax.lax.stop_gradient(xmean)
+            run = var_biased if self.convention == "flax" else var_unbiased
+            self.running_var[...] = (1 - m) * self.running_var[...] + m * jax.lax.stop_gradient(run)
+        else:
+            xmean, xvar = self.running_mean[...], self.running_var[...]
+        xhat = (x - xmean) / jnp.sqrt(xvar + self.eps)
+        return self.gamma[...] * xhat + self.beta[...]
+
+
+class Tanh(nnx.Module):
+    """Elementwise tanh, shape unchanged. Flax has only the function (nnx.tanh), so a Module.
+
+    Diagnostics hook: with `record` True (default False) the output is sown as
+    nnx.Intermediate 'out' and passed through `perturb('out', ...)`, so that under `nnx.capture`
+    the activation and the gradient of the loss with respect to it can be read (Flax guide
+    "Extracting intermediate values"). With `record` False the training path is untouched.
+    """
+
+    def __init__(self, record: bool = False):
+        self.record = record
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.tanh(x)
+        if self.record:
+            self.sow(nnx.Intermediate, "out", y)
+            y = self.perturb("out", y)
+        return y
+
+
+# Flax ships Sequential: children in `model.layers[k]`, k the canonical layer index.
+Sequential = nnx.Sequential

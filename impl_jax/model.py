@@ -1,0 +1,157 @@
+"""Build a Flax nnx model from the shared spec; move canonical parameters in and out; forward, loss
+and gradients with numpy at the boundary (for parity tests and the shared driver)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from shared.data import check_token_ids
+from shared.params import check_params, param_shapes
+from shared.spec import ModelSpec
+
+from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+class Float64Unavailable(RuntimeError):
+    """A float64 model was asked for but JAX cannot give float64 arrays here."""
+
+
+def _enable_dtype(dtype: str) -> None:
+    # JAX computes in float32 unless x64 is switched on (jax docs, "Double (64 bit) precision").
+    # Switching it on is global and cannot be undone safely, so float32 models built later still
+    # pass their dtype explicitly everywhere.
+    if dtype == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    probe = jnp.zeros(1, dtype=DTYPES[dtype])
+    if probe.dtype != DTYPES[dtype]:
+        raise Float64Unavailable(
+            f"spec asks for {dtype} but JAX created {probe.dtype} arrays (jax_enable_x64="
+            f"{jax.config.jax_enable_x64}, device {probe.devices()}); set JAX_ENABLE_X64=1 before "
+            "starting Python, run on a device with float64 support (CPU), or use --dtype float32")
+
+
+def build_model(spec: ModelSpec) -> Sequential:
+    """An nnx.Sequential whose `layers[k]` is spec.layers[k], every array in the spec's dtype, in
+    train mode.
+
+    float64 switches on `jax_enable_x64` (global for the process) and then checks that every
+    array really is float64. Its weights are Flax's initialisers: load canonical parameters
+    with :func:`load_params`.
+
+    Raises:
+        Float64Unavailable: float64 was asked for and JAX gave something else.
+        ValueError: unknown layer kind.
+    """
+    _enable_dtype(spec.dtype)
+    dtype = DTYPES[spec.dtype]
+    bn = spec.batchnorm
+    rngs = nnx.Rngs(0)  # Flax modules want an RNG for their own init; overwritten by load_params
+    layers = []
+    for l in spec.layers:
+        if l.kind == "embedding":
+            layers.append(Embedding(l.num, l.dim, dtype=dtype, param_dtype=dtype, rngs=rngs))
+        elif l.kind == "flatten":
+            layers.append(FlattenConsecutive(l.n))
+        elif l.kind == "linear":
+            layers.append(Linear(l.fan_in, l.fan_out, use_bias=l.bias, dtype=dtype, param_dtype=dtype,
+                                 rngs=rngs))
+        elif l.kind == "batchnorm":
+            layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
+                                      dtype=dtype))
+        elif l.kind == "tanh":
+            layers.append(Tanh())
+        else:
+            raise ValueError(f"unknown layer kind {l.kind!r}")
+    model = Sequential(*layers)
+    model.spec = spec  # a frozen dataclass: static metadata in the nnx graph
+    for path, v in nnx.to_flat_state(nnx.state(model)):
+        if v.dtype != dtype:
+            raise Float64Unavailable(f"layer {'.'.join(map(str, path))} was created as {v.dtype}, "
+                                     f"the spec asks for {spec.dtype}")
+    model.train()
+    return model
+
+
+def _fields(spec: ModelSpec) -> dict[str, tuple[int, str]]:
+    # canonical name -> (layer index, nnx field): Flax calls Embed's table `embedding` and
+    # Linear's weight `kernel`; both are already in the canonical layout (torch transposes).
+    out = {}
+    for name in param_shapes(spec):
+        i, f = name.split(".", 1)
+        kind = spec.layers[int(i)].kind
+        if f == "weight":
+            f = "embedding" if kind == "embedding" else "kernel"
+        out[name] = (int(i), f)
+    return out
+
+
+def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical parameters (names, shapes, dtype checked) into the model's nnx Variables.
+
+    Raises shared.params.ParamError naming the tensor that does not fit.
+    """
+    spec = model.spec
+    check_params(spec, params)
+    for name, (i, f) in _fields(spec).items():
+        getattr(model.layers[i], f)[...] = jnp.asarray(params[name], dtype=DTYPES[spec.dtype])
+
+
+def export_params(model: Sequential) -> dict[str, np.ndarray]:
+    """Canonical parameters (numpy copies), running stats included, in spec order."""
+    return {name: np.array(getattr(model.layers[i], f)[...]) for name, (i, f) in _fields(model.spec).items()}
+
+
+def _tokens(model: Sequential, X) -> np.ndarray:
+    # Checked here, before any gather: jnp.take would clamp or NaN-fill a bad id silently.
+    X = np.asarray(X)
+    check_token_ids(X, model.spec.vocab_size)
+    return X.astype(np.int32, copy=False)  # int32 whether or not x64 is on: one jit signature
+
+
+def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
+    """Mean cross-entropy of logits (B, vocab) against int labels (B,) (torch's F.cross_entropy)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
+
+
+@nnx.jit
+def _forward(model, X):
+    # nnx.jit writes the updated running stats back into `model` (train mode)
+    return model(X)
+
+
+def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
+    """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
+    statistics and updates the running stats; eval mode uses the running stats."""
+    model.train() if train else model.eval()
+    return np.asarray(_forward(model, _tokens(model, X)))
+
+
+def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
+    """The output of every layer, in order (the last one is the logits). Eager, layer by layer."""
+    model.train() if train else model.eval()
+    x, outs = jnp.asarray(_tokens(model, X)), []
+    for layer in model.layers:
+        x = layer(x)
+        outs.append(np.array(x))
+    return outs
+
+
+@nnx.jit
+def _loss_and_grads(model, X, Y):
+    return nnx.value_and_grad(lambda m: cross_entropy(m(X), Y))(model)
+
+
+def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+    """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
+    trainable parameter (nnx.Param) under its canonical name and layout."""
+    model.train()
+    loss, grads = _loss_and_grads(model, _tokens(model, X), np.asarray(Y, dtype=np.int32))
+    flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
+    out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _fields(model.spec).items()
+           if (i, f) in flat}
+    return float(loss), out
