@@ -1,0 +1,42 @@
+"""One training step (forward, backward, SGD update) per backend x path x preset x batch x dtype.
+
+path 'plain' is the backend's train_step called once per step (what `makemore train` runs);
+'fast' is its fast_train_steps (`makemore train --fast`): torch.compile of a hand-fused step for
+torch, preallocated in-place buffers for numpy, k steps in one jitted lax.scan for JAX. Both
+paths run the same k real minibatches per call, so the time per step is the call's time / k.
+Backends return host values (floats / numpy arrays), so JAX timings include waiting for the
+result; the first call (compilation) is timed apart as first_call_s.
+"""
+import pytest
+
+from shared.flops import train_step_flops
+from shared.params import init_params
+from shared.registry import get_backend
+from shared.stream import BatchStream, seed_streams
+from shared.trainer import TrainConfig
+
+from benchlib import STEPS_PER_CALL, run_benchmark, spec_for
+
+
+def test_train_step(benchmark, request, backend, path, train_cfg):
+    preset, batch, dtype = train_cfg
+    B = get_backend(backend)
+    if path == "fast" and not hasattr(B, "fast_train_steps"):
+        pytest.skip(f"{backend} has no fast_train_steps")
+    spec, data = spec_for(preset, dtype)
+    k = request.config.getoption("--mm-steps") or STEPS_PER_CALL.get(batch, 10)
+    model = B.build_model(spec)
+    B.load_params(model, init_params(spec, seed_streams(42)[0]))
+    opt = B.make_optimizer(model, TrainConfig(steps=10 ** 9))  # lr stays 0.1
+    Xtr, Ytr = data.train
+    ix = BatchStream(42, len(Xtr), batch).take(k)
+    Xs, Ys = Xtr[ix], Ytr[ix]
+    if path == "plain":
+        def fn():
+            return [B.train_step(model, opt, Xs[i], Ys[i]) for i in range(k)]
+    else:
+        def fn():
+            return B.fast_train_steps(model, opt, Xs, Ys)
+    run_benchmark(benchmark, request, fn, dict(
+        kind="train_step", backend=backend, path=path, preset=preset, batch_size=batch, dtype=dtype,
+        steps_per_call=k, flops=train_step_flops(spec, batch)))
