@@ -100,16 +100,16 @@ def test_collect_records_tanh_outputs_and_their_gradients(backend, data3):
     p[np.arange(len(Y)), Y] -= 1
     np.testing.assert_allclose(d["activation_grads"][4], p / len(Y) @ params["5.weight"].T,
                                rtol=1e-10, atol=1e-14)
-    # the same step as the backend's own loss_and_grads: same gradients, running stats updated once
-    B, m3 = _model(backend, spec, params)
-    loss3, g3 = B.loss_and_grads(m3, X, Y)
-    assert d["loss"] == pytest.approx(loss3, rel=1e-13)
-    assert set(d["grads"]) == set(g3)
-    for k in g3:
-        np.testing.assert_allclose(d["grads"][k], g3[k], rtol=1e-12, atol=1e-16, err_msg=k)
-    after, want = B.export_params(m), B.export_params(m3)
+    # running stats updated once, as by the one train-mode pass of layer_outputs
+    after, want = B.export_params(m), B.export_params(m2)
     for k in ("3.running_mean", "3.running_var"):
         np.testing.assert_allclose(after[k], want[k], rtol=1e-12, err_msg=k)
+    # the same gradients as the backend's own loss_and_grads
+    loss2, g2 = B.loss_and_grads(m2, X, Y)
+    assert d["loss"] == pytest.approx(loss2, rel=1e-13)
+    assert set(d["grads"]) == set(g2)
+    for k in g2:
+        np.testing.assert_allclose(d["grads"][k], g2[k], rtol=1e-12, atol=1e-16, err_msg=k)
 
 
 # ---------------------------------------------------------------- torch: hooks have no side effects
@@ -146,16 +146,16 @@ def test_torch_hooks_change_nothing_and_leave_nothing(data8):
 
 # ---------------------------------------------------------------- jax: sow/perturb leave nothing behind
 
-def test_jax_recording_leaves_the_model_as_it_was(data8):
+def test_jax_recording_leaves_the_model_as_it_was(data3):
     pytest.importorskip("flax")
     from flax import nnx
     from impl_jax import diagnostics as jd
-    spec = get_spec("wavenet", dtype="float64")
+    spec = get_spec("mlp", dtype="float64")   # the shapes compiled above: no new compile
     B, m = _model("jax", spec, init_params(spec, 3))
-    X, Y = _batch(data8)
+    X, Y = _batch(data3)
     before = sorted((p, type(v).__name__) for p, v in nnx.to_flat_state(nnx.state(m)))
     d = jd.collect(m, X, Y)
-    assert sorted(d["activations"]) == sorted(d["activation_grads"]) == [4, 8, 12]
+    assert sorted(d["activations"]) == sorted(d["activation_grads"]) == [4]
     after = sorted((p, type(v).__name__) for p, v in nnx.to_flat_state(nnx.state(m)))
     assert after == before                        # no Intermediate / Perturbation variables left
     assert not any(m.layers[i].record for i in jd.tanh_layers(m))
