@@ -113,11 +113,6 @@ def _tokens(model: Sequential, X) -> np.ndarray:
     return X.astype(np.int32, copy=False)  # int32 whether or not x64 is on: one jit signature
 
 
-def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
-    """Mean cross-entropy of logits (B, vocab) against int labels (B,) (torch's F.cross_entropy)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
-
-
 @nnx.jit
 def _forward(model, X):
     # nnx.jit writes the updated running stats back into `model` (train mode)
@@ -139,6 +134,11 @@ def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]
         x = layer(x)
         outs.append(np.array(x))
     return outs
+
+
+def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
+    """Mean cross-entropy of logits (B, vocab) against int labels (B,) (torch's F.cross_entropy)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
 
 
 @nnx.jit
