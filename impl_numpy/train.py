@@ -75,7 +75,8 @@ class SGD:
     def step(self) -> None:
         lr = self.lr  # a Python float: numpy keeps the parameters' dtype (NEP 50)
         for layer, k in self.params:
-            getattr(layer, k).__isub__(lr * layer.grads[k])   # in place: model.py's arrays stay live
+            p = getattr(layer, k)
+            p -= lr * layer.grads[k]   # in place: the layer keeps the same array object
         self.t += 1
 
 
