@@ -43,10 +43,13 @@ def run_benchmark(benchmark, request, fn, info: dict) -> None:
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
+    benchmark.extra_info.update(info, first_call_s=first, threads=threads())
+    if benchmark.disabled:  # --benchmark-disable (smoke tests): pedantic runs fn once
+        benchmark.pedantic(fn, rounds=1, iterations=1)
+        return
     t0 = time.perf_counter()
     fn()
     warm = time.perf_counter() - t0
     cfg = request.config
     rounds = max(cfg.getoption("--mm-min-rounds"), min(200, int(cfg.getoption("--mm-seconds") / max(warm, 1e-6))))
-    benchmark.extra_info.update(info, first_call_s=first, threads=threads())
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)

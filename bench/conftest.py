@@ -33,8 +33,11 @@ def pytest_addoption(parser):
                 help="target measured seconds per benchmark (sets the rounds)")
     g.addoption("--mm-min-rounds", type=int, default=3, help="fewest measured rounds")
     g.addoption("--mm-names", type=int, default=50, help="names per sampling call")
+    g.addoption("--mm-eval-examples", type=int, default=0,
+                help="evaluate only the first N validation examples (0: the whole split)")
     g.addoption("--mm-libs", default="numpy,torch,xla", help="matmul libraries (installed ones only)")
     g.addoption("--mm-matmul-rounds", type=int, default=3, help="measured rounds per matmul")
+    g.addoption("--mm-matmul-n", type=int, default=2048, help="side of the matmul (smoke tests: small)")
 
 
 def _csv(s: str | None) -> list[str]:

@@ -19,6 +19,9 @@ def _model(backend, preset):
 def test_evaluate(benchmark, request, backend, eval_preset):
     B, spec, data, model = _model(backend, eval_preset)
     X, Y = data.val
+    n = request.config.getoption("--mm-eval-examples")
+    if n:
+        X, Y = X[:n], Y[:n]
     run_benchmark(benchmark, request, lambda: B.evaluate(model, X, Y), dict(
         kind="evaluate", backend=backend, path="plain", preset=eval_preset, batch_size=len(X),
         dtype="float32", steps_per_call=1, flops=forward_flops(spec, len(X))))

@@ -3,13 +3,13 @@ XLA (whichever are installed; lib is parametrized in conftest.py). shared.bench 
 as the FLOP floor's rate; the process uses every core (no thread limit)."""
 import numpy as np
 
-from shared.flops import MATMUL_N, matmul_flops
+from shared.flops import matmul_flops
 
 
-def _product(lib: str):
+def _product(lib: str, n: int):
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-    b = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
     if lib == "numpy":
         return lambda: a @ b
     if lib == "torch":
@@ -24,8 +24,9 @@ def _product(lib: str):
 
 
 def test_matmul_2048(benchmark, request, lib):
-    f = _product(lib)
+    n = request.config.getoption("--mm-matmul-n")  # shared.flops.MATMUL_N = 2048 by default
+    f = _product(lib, n)
     f()  # warm-up (and XLA compilation)
-    benchmark.extra_info.update(kind="matmul", lib=lib, n=MATMUL_N, flops=matmul_flops())
+    benchmark.extra_info.update(kind="matmul", lib=lib, n=n, flops=matmul_flops(n))
     benchmark.pedantic(f, rounds=request.config.getoption("--mm-matmul-rounds"), warmup_rounds=1,
                        iterations=1)

@@ -179,6 +179,11 @@ def _fused_for(model, compile: bool):
     return cached
 
 
+# At batch <= SMALL_BATCH the fast path runs on one thread: a step's ops are too small to split,
+# and on a busy 2-core machine two spinning OpenMP threads made torch steps up to 30x slower.
+SMALL_BATCH = 64
+
+
 def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
     """k SGD steps on the fastest honest torch path; the same losses as k calls of train_step.
 
@@ -186,7 +191,7 @@ def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
         Xs: (k, B, block_size) int token ids; Ys: (k, B) int targets.
         compile: run the hand-fused step through torch.compile (inductor, C++ on CPU; the first
             call per shape compiles, ~40 s cold, ~2 s from inductor's on-disk cache); False runs
-            the same fused step eagerly.
+            the same fused step eagerly. Batches of <= SMALL_BATCH examples run on one thread.
     Returns:
         (k,) float64 losses. The model's parameters and running stats and the scheduler's step
         count advance exactly as after k train_step calls (the lr of step i is lr_at(step i)).
@@ -208,10 +213,16 @@ def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
     lrs = torch.tensor([base * lam(step0 + i) for i in range(k)], dtype=dtype)
     losses = torch.empty(k, dtype=torch.float64)
     model.train()
-    with torch.no_grad():
-        for i in range(k):
-            losses[i] = fn(kinds, layers, params, buffers, X[i], Y[i], lrs[i],
-                           bn.convention, bn.eps, bn.momentum)
+    threads = torch.get_num_threads()
+    if Xs.shape[1] <= SMALL_BATCH:
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for i in range(k):
+                losses[i] = fn(kinds, layers, params, buffers, X[i], Y[i], lrs[i],
+                               bn.convention, bn.eps, bn.momentum)
+    finally:
+        torch.set_num_threads(threads)
     with warnings.catch_warnings():  # the fused step updated the parameters, not optimizer.step()
         warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
         for _ in range(k):  # the scheduler's state exactly as k train_steps leave it

@@ -1,0 +1,224 @@
+"""The benchmark machinery (issue 5): the FLOP count against a hand count, the report arithmetic
+against hand-computed numbers, torch's fast path against train_step, and a smoke pass of every
+bench/ suite with --benchmark-disable (so the suites cannot rot). No timing is asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared import bench, cli
+from shared.flops import (floor_ratio, floor_seconds, forward_flops, linear_shapes, matmul_flops,
+                          train_step_flops)
+from shared.params import init_params
+from shared.registry import get_backend
+from shared.spec import get_spec
+from shared.stream import BatchStream, seed_streams
+from shared.trainer import TrainConfig, train
+
+from conftest import BACKENDS, ROOT
+
+# ---- FLOP count: hand counts (6 * rows * fan_in * fan_out per Linear, written out) ----
+
+
+def test_wavenet_flops_match_the_hand_count():
+    # wavenet, batch 32: rows 32*4, 32*2, 32, 32; (fan_in, fan_out) (48,128) (256,128) (256,128) (128,27)
+    hand = 6 * (128 * 48 * 128 + 64 * 256 * 128 + 32 * 256 * 128 + 32 * 128 * 27)
+    assert hand == 24_256_512                                   # "about 24.3 MFLOP" (issue 5)
+    assert train_step_flops(get_spec("wavenet"), 32) == hand
+    assert forward_flops(get_spec("wavenet"), 32) * 3 == hand
+    assert [s[1:] for s in linear_shapes(get_spec("wavenet"), 32)] == [
+        (128, 48, 128), (64, 256, 128), (32, 256, 128), (32, 128, 27)]
+
+
+def test_mlp_flops_and_batch_scaling():
+    # mlp: Linear(30 -> 200), Linear(200 -> 27) on B rows
+    assert train_step_flops(get_spec("mlp"), 32) == 6 * 32 * (30 * 200 + 200 * 27) == 2_188_800
+    assert train_step_flops(get_spec("wavenet"), 4096) == 128 * 24_256_512
+    assert matmul_flops(2048) == 17_179_869_184
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        train_step_flops(get_spec("mlp"), 0)
+
+
+def test_floor_arithmetic():
+    assert floor_seconds(24_256_512, 100.0) == pytest.approx(242.56512e-6)
+    assert floor_ratio(1e-3, 24_256_512, 100.0) == pytest.approx(1e-3 / 242.56512e-6)
+    with pytest.raises(ValueError, match="matmul rate must be > 0"):
+        floor_seconds(1, 0.0)
+
+
+# ---- torch fast path: same losses, parameters, running stats and schedule as train_step ----
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """One torch thread in this file's in-process tests (the bench runs batch 32 that way too):
+    two OpenMP threads on a busy 2-core CI machine made plain steps 30x slower. Restored after."""
+    if "torch" not in BACKENDS:
+        yield
+        return
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _torch_runs(spec, k, decay, compile, batch=32, seed=5):
+    T = get_backend("torch")
+    rng = np.random.default_rng(seed)
+    Xs = rng.integers(0, spec.vocab_size, (k, batch, spec.block_size))
+    Ys = rng.integers(0, spec.vocab_size, (k, batch))
+    p = init_params(spec, seed_streams(seed)[0])
+    cfg = TrainConfig(steps=2 * k, lr_decay_step=decay)
+    out = []
+    for fast in (False, True):
+        m = T.build_model(spec)
+        T.load_params(m, p)
+        opt = T.make_optimizer(m, cfg)
+        if fast:
+            a = T.fast_train_steps(m, opt, Xs[:k // 2], Ys[:k // 2], compile=compile)
+            b = T.fast_train_steps(m, opt, Xs[k // 2:], Ys[k // 2:], compile=compile)
+            losses = np.concatenate([a, b])
+        else:
+            losses = np.array([T.train_step(m, opt, Xs[i], Ys[i]) for i in range(k)])
+        out.append((losses, T.export_params(m), opt[1].last_epoch, opt[0].param_groups[0]["lr"]))
+    return out
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
+@pytest.mark.parametrize("preset,bn", [("mlp", "lecture"), ("wavenet", "lecture"),
+                                       ("wavenet", "torch"), ("wavenet", "flax")])
+def test_torch_fused_step_float64_matches_train_step(preset, bn):
+    spec = get_spec(preset, dtype="float64", bn_convention=bn)
+    (l0, p0, e0, lr0), (l1, p1, e1, lr1) = _torch_runs(spec, 12, decay=7, compile=False)
+    np.testing.assert_allclose(l1, l0, rtol=1e-10, atol=0)
+    for name in p0:  # weights and running stats, across the lr decay at step 7
+        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-10, atol=1e-13, err_msg=name)
+    assert (e1, lr1) == (e0, lr0) == (12, 0.01)
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
+def test_torch_compiled_fast_path_matches_train_step_float32():
+    spec = get_spec("wavenet")
+    (l0, p0, e0, _), (l1, p1, e1, _) = _torch_runs(spec, 10, decay=4, compile=True)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for name in p0:
+        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    assert e1 == e0 == 10
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
+def test_trainer_fast_flag_gives_the_plain_losses_torch(data8):
+    cfg = TrainConfig(steps=130, lr_decay_step=110)  # two fast chunks (100 + 30), decay inside
+    plain = train("torch", get_spec("wavenet"), cfg, data8, evaluate=False, n_samples=0)
+    fast = train("torch", get_spec("wavenet"), cfg, data8, evaluate=False, n_samples=0, fast=True)
+    np.testing.assert_allclose(fast.losses, plain.losses, rtol=1e-5)
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
+def test_torch_fast_path_rejects_bad_input():
+    T = get_backend("torch")
+    spec = get_spec("mlp")
+    m = T.build_model(spec)
+    T.load_params(m, init_params(spec, seed_streams(0)[0]))
+    opt = T.make_optimizer(m, TrainConfig())
+    with pytest.raises(ValueError, match="vocab|token"):
+        T.fast_train_steps(m, opt, np.full((1, 4, 3), 27), np.zeros((1, 4), np.int64), compile=False)
+    with pytest.raises(ValueError, match=r"need Xs \(k, B, block_size\)"):
+        T.fast_train_steps(m, opt, np.zeros((4, 3), np.int64), np.zeros((4,), np.int64), compile=False)
+
+
+# ---- report arithmetic on a hand-made pytest-benchmark JSON ----
+
+
+def _bench(kind, min_s, **ei):
+    return {"extra_info": {"kind": kind, **ei},
+            "stats": {"min": min_s, "median": min_s * 1.5, "rounds": 7}}
+
+
+def _raw():
+    tr = dict(kind="train_step", preset="wavenet", batch_size=32, dtype="float32", threads="1",
+              steps_per_call=100, flops=24_256_512, first_call_s=2.0)
+    return [{"benchmarks": [_bench("matmul", 0.2, lib="numpy", flops=2 * 2048 ** 3),
+                            _bench("matmul", 0.1, lib="torch", flops=2 * 2048 ** 3)]},
+            {"peak_rss_mb": 300.0, "benchmarks": [
+                _bench(min_s=0.5, backend="torch", path="plain", **tr),   # 5 ms/step
+                _bench(min_s=0.1, backend="torch", path="fast", **tr)]},  # 1 ms/step
+            {"peak_rss_mb": 90.0, "benchmarks": [
+                _bench(min_s=0.2, backend="numpy", path="fast", **tr),    # 2 ms/step
+                _bench("sample", 0.25, backend="numpy", path="plain", preset="wavenet",
+                       batch_size=50, dtype="float32", threads="1", steps_per_call=1,
+                       names_per_call=50, first_call_s=0.3)]}]
+
+
+def test_build_rows_by_hand():
+    rows, rates = bench.build_rows(_raw())
+    gflops = 2 * 2048 ** 3 / 0.1 / 1e9                         # 171.79869184, torch's, the best
+    assert rates == pytest.approx({"numpy": gflops / 2, "torch": gflops})
+    tr = {(r["backend"], r["path"]): r for r in rows if r["kind"] == "train_step"}
+    floor_ms = 24_256_512 / (gflops * 1e9) * 1e3                # 0.14119... ms
+    f = tr["torch", "fast"]
+    assert f["ms_per_step"] == pytest.approx(1.0) and f["steps_per_s"] == pytest.approx(1000)
+    assert f["floor_ratio"] == pytest.approx(1.0 / floor_ms) and f["matmul_gflops"] == pytest.approx(gflops)
+    assert f["vs_torch_eager"] == pytest.approx(5.0) and f["peak_rss_mb"] == 300.0
+    assert tr["numpy", "fast"]["vs_torch_eager"] == pytest.approx(2.5)
+    assert tr["torch", "plain"]["ms_per_step_median"] == pytest.approx(7.5)
+    (s,) = [r for r in rows if r["kind"] == "sample"]
+    assert s["names_per_s"] == pytest.approx(200.0) and s["vs_torch_eager"] is None
+    md = bench.tables(rows, rates)
+    assert "| wavenet | 32 | float32 | torch | fast | 1 | 1.000 | 1000 |" in md
+    assert "x floor" in md and "Peak memory" in md and "| numpy | 90 |" in md
+
+
+def test_build_rows_needs_a_matmul_rate():
+    with pytest.raises(ValueError, match="no matmul benchmark"):
+        bench.build_rows(_raw()[1:])
+
+
+# ---- the suites themselves, and makemore bench end to end, tiny ----
+
+
+def _pytest_bench(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=bench.Group("smoke", [], [], 1).env())
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_smoke_every_bench_suite(tmp_path):
+    """Every suite, every installed backend and path, wavenet batch 32, two steps per call."""
+    out = _pytest_bench([str(ROOT / "bench"), "--benchmark-disable", "--mm-presets", "wavenet",
+                         "--mm-batches", "32", "--mm-float64", "", "--mm-steps", "2",
+                         "--mm-names", "3", "--mm-matmul-rounds", "1", "--mm-matmul-n", "64",
+                         "--mm-eval-examples", "500"], tmp_path)
+    n_mm = len([b for b in BACKENDS if b != "numpy"]) + 1    # numpy, torch, xla
+    n = n_mm + 2 * len(BACKENDS) + len(BACKENDS) + len(BACKENDS)  # matmul, train x2 paths, eval, sample
+    assert f"{n} passed" in out, out[-2000:]
+
+
+def test_makemore_bench_end_to_end_tiny(tmp_path, monkeypatch, capsys):
+    """The CLI with the quick plan shrunk to numpy and tiny rounds: raw JSON, bench.json rows with
+    the issue's keys, bench.md (also printed) and bench.png."""
+    tiny = [bench.Group("matmul", ["test_matmul.py"], ["--mm-libs", "numpy", "--mm-matmul-rounds", "1",
+                                                       "--mm-matmul-n", "256"], None),
+            bench.Group("numpy-quick", ["test_train_step.py"],
+                        ["--mm-backends", "numpy", "--mm-presets", "wavenet", "--mm-batches", "32",
+                         "--mm-float64", "", "--mm-steps", "2", "--mm-seconds", "0", "--mm-min-rounds", "2"], 1)]
+    monkeypatch.setattr(bench, "plan", lambda quick, backends: tiny if quick else pytest.fail("not quick"))
+    assert cli.main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert {(r["backend"], r["path"]) for r in rows} == {("numpy", "plain"), ("numpy", "fast")}
+    for r in rows:
+        assert {"backend", "path", "preset", "batch_size", "dtype", "steps_per_s", "floor_ratio",
+                "matmul_gflops"} <= set(r)
+        assert r["floor_ratio"] > 0 and r["matmul_gflops"] > 0 and r["threads"] == "1"
+        assert (r["preset"], r["batch_size"], r["dtype"]) == ("wavenet", 32, "float32")
+    raw = json.loads((tmp_path / "raw" / "numpy-quick.json").read_text())
+    assert raw["peak_rss_mb"] > 10 and len(raw["benchmarks"]) == 2
+    assert (tmp_path / "bench.png").stat().st_size > 5000
+    assert "| wavenet | 32 | float32 | numpy | fast |" in capsys.readouterr().out
+    assert Path(tmp_path / "bench.md").read_text().startswith("# makemore-ports benchmark")
