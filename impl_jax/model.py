@@ -40,8 +40,8 @@ def build_model(spec: ModelSpec) -> Sequential:
     train mode.
 
     float64 switches on `jax_enable_x64` (global for the process) and then checks that every
-    array really is float64. Its weights are Flax's initialisers: load canonical parameters
-    with :func:`load_params`.
+    array really is float64. Its weights are zeros: load canonical parameters with
+    :func:`load_params`.
 
     Raises:
         Float64Unavailable: float64 was asked for and JAX gave something else.
@@ -50,16 +50,20 @@ def build_model(spec: ModelSpec) -> Sequential:
     _enable_dtype(spec.dtype)
     dtype = DTYPES[spec.dtype]
     bn = spec.batchnorm
-    rngs = nnx.Rngs(0)  # Flax modules want an RNG for their own init; overwritten by load_params
+    # Flax modules want an RNG and initialisers; their values are overwritten by load_params, so
+    # zeros made by numpy: jax.random (or even jnp.zeros) would compile a kernel for every shape.
+    rngs = nnx.Rngs(0)
+    zeros = lambda key, shape, dtype: jnp.asarray(np.zeros(shape, dtype))  # noqa: E731
     layers = []
     for l in spec.layers:
         if l.kind == "embedding":
-            layers.append(Embedding(l.num, l.dim, dtype=dtype, param_dtype=dtype, rngs=rngs))
+            layers.append(Embedding(l.num, l.dim, dtype=dtype, param_dtype=dtype, embedding_init=zeros,
+                                    rngs=rngs))
         elif l.kind == "flatten":
             layers.append(FlattenConsecutive(l.n))
         elif l.kind == "linear":
             layers.append(Linear(l.fan_in, l.fan_out, use_bias=l.bias, dtype=dtype, param_dtype=dtype,
-                                 rngs=rngs))
+                                 kernel_init=zeros, rngs=rngs))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
                                       dtype=dtype))
@@ -98,7 +102,9 @@ def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     spec = model.spec
     check_params(spec, params)
     for name, (i, f) in _fields(spec).items():
-        getattr(model.layers[i], f)[...] = jnp.asarray(params[name], dtype=DTYPES[spec.dtype])
+        # set_value replaces the array (shape and dtype checked above); `var[...] = a` would
+        # compile a scatter into the old one for every shape
+        getattr(model.layers[i], f).set_value(jnp.asarray(params[name], dtype=DTYPES[spec.dtype]))
 
 
 def export_params(model: Sequential) -> dict[str, np.ndarray]:
