@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 # Flax ships Embed: field `embedding` (vocab_size, n_embd), the canonical layout already.
-# Flax initialises it from an nnx.Rngs key; model.py overwrites it with the shared parameters.
+# Flax wants an initialiser and an nnx.Rngs; model.py gives zeros and loads the shared parameters.
 Embedding = nnx.Embed
 
 
