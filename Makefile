@@ -9,7 +9,7 @@ PRESET ?= wavenet
 STEPS ?= 200000
 BACKEND ?= torch
 
-.PHONY: venv run test bench clean
+.PHONY: venv run test bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,8 +28,13 @@ run: $(STAMP) data/names.txt
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# pytest-benchmark suites in bench/ (not part of `make test`): raw JSON, bench.md, bench.json and
+# bench.png in bench/results; `make bench-quick` is wavenet, batch 32, float32 only (under a minute).
 bench: $(STAMP) data/names.txt
 	$(BIN)/makemore bench --out bench/results
+
+bench-quick: $(STAMP) data/names.txt
+	$(BIN)/makemore bench --quick --out bench/results-quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
