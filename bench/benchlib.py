@@ -28,6 +28,7 @@ def dataset(block_size: int):
 
 
 def spec_for(preset: str, dtype: str):
+    """(ModelSpec of `preset` in `dtype` sized to the data, the lecture's Dataset for it)."""
     data = dataset(get_spec(preset).block_size)
     return get_spec(preset, vocab_size=data.vocab.vocab_size, dtype=dtype), data
 
