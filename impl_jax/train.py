@@ -30,6 +30,8 @@ def _decay_scale(lr: float, lr_final: float) -> float:
     # optax's piecewise schedule returns init_value * scale, and 0.1 * 0.1 != 0.01 in floating
     # point. Pick the scale whose product with lr rounds to lr_final exactly, in the dtype optax
     # computes the schedule in (float64 under x64, else float32).
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0 for the step schedule (optax scales it), got {lr}")
     dt = np.float64 if jax.config.jax_enable_x64 else np.float32
     target, s = dt(lr_final), dt(lr_final) / dt(lr)
     for _ in range(8):
