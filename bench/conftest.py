@@ -87,6 +87,12 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("eval_preset", _csv(cfg.getoption("--mm-presets")))
 
 
+def pytest_collection_modifyitems(config, items):
+    """float64 benchmarks last: JAX switches x64 on for the whole process at the first float64
+    model, which must not change the float32 runs measured after it."""
+    items.sort(key=lambda item: "float64" in item.nodeid)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
