@@ -117,7 +117,8 @@ class Linear(Layer):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.x = x
-        out = x @ self.weight
+        # one 2-D GEMM: numpy's matmul of a (B, T, C) array is B small batched products (~10x slower)
+        out = (x.reshape(-1, x.shape[-1]) @ self.weight).reshape(*x.shape[:-1], -1)
         if self.bias is not None:
             out += self.bias
         self.out = out
@@ -131,7 +132,7 @@ class Linear(Layer):
         np.matmul(self.x.reshape(-1, fan_in).T, d2, out=self._grad("weight"))
         if self.bias is not None:
             np.sum(d2, axis=0, out=self._grad("bias"))
-        return dout @ self.weight.T
+        return (d2 @ self.weight.T).reshape(*dout.shape[:-1], fan_in)
 
 
 class BatchNorm1d(Layer):
