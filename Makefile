@@ -19,10 +19,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-data/names.txt: | $(STAMP)
-	$(BIN)/python -c "from shared.data import find_names_file; print(find_names_file())"
-
-run: $(STAMP) data/names.txt
+# makemore finds names.txt (--data, $$MAKEMORE_DATA, data/names.txt) or downloads and verifies it
+run: $(STAMP)
 	$(BIN)/makemore train --backend $(BACKEND) --preset $(PRESET) --steps $(STEPS) --out runs/$(BACKEND)-$(PRESET)
 
 test: $(STAMP)
@@ -30,10 +28,10 @@ test: $(STAMP)
 
 # pytest-benchmark suites in bench/ (not part of `make test`): raw JSON, bench.md, bench.json and
 # bench.png in bench/results; `make bench-quick` is wavenet, batch 32, float32 only (under a minute).
-bench: $(STAMP) data/names.txt
+bench: $(STAMP)
 	$(BIN)/makemore bench --out bench/results
 
-bench-quick: $(STAMP) data/names.txt
+bench-quick: $(STAMP)
 	$(BIN)/makemore bench --quick --out bench/results-quick
 
 clean:
