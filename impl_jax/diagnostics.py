@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from .layers import Tanh
-from .model import _fields, _tokens, cross_entropy
+from .model import _fields, _targets, _tokens, cross_entropy
 
 
 def tanh_layers(model) -> list[int]:
@@ -77,7 +77,7 @@ def collect(model, X, Y) -> dict:
     """
     model.train()
     with record_tanh(model) as rec:
-        loss, grads, act_grads, sown = _collect_step(model, _tokens(model, X), np.asarray(Y, dtype=np.int32))
+        loss, grads, act_grads, sown = _collect_step(model, _tokens(model, X), _targets(model, Y))
         for path, v in nnx.to_flat_state(sown):                # path ('layers', i, 'out'), value (y,)
             rec["activations"][path[1]] = np.array(v.get_value()[-1])  # a tuple: the last pass wins
         for path, v in nnx.to_flat_state(act_grads):

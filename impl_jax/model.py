@@ -115,8 +115,15 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
 def _tokens(model: Sequential, X) -> np.ndarray:
     # Checked here, before any gather: jnp.take would clamp or NaN-fill a bad id silently.
     X = np.asarray(X)
-    check_token_ids(X, model.spec.vocab_size)
+    check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
     return X.astype(np.int32, copy=False)  # int32 whether or not x64 is on: one jit signature
+
+
+def _targets(model: Sequential, Y) -> np.ndarray:
+    # checked too: a target outside the vocab would give a silent NaN or a wrong loss under jit
+    Y = np.asarray(Y)
+    check_token_ids(Y, model.spec.vocab_size)
+    return Y.astype(np.int32, copy=False)
 
 
 @nnx.jit
@@ -156,7 +163,7 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
     trainable parameter (nnx.Param) under its canonical name and layout."""
     model.train()
-    loss, grads = _loss_and_grads(model, _tokens(model, X), np.asarray(Y, dtype=np.int32))
+    loss, grads = _loss_and_grads(model, _tokens(model, X), _targets(model, Y))
     flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
     out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _fields(model.spec).items()
            if (i, f) in flat}

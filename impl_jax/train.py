@@ -1,10 +1,10 @@
-"""Training, evaluation and sampling the JAX way: optax.sgd with a piecewise-constant schedule held
+"""Training, evaluation and sampling the JAX way: optax.sgd with the piecewise-constant step schedule held
 by an nnx.Optimizer, one pure step function jitted (and scanned for the fast path) over the state
 split from the model once, model.train()/model.eval() for the mode.
 
 Sources: Flax guide "Performance considerations" (split the graph once, jax.jit over the state,
 https://flax.readthedocs.io/en/latest/guides/performance.html); optax docs for
-`piecewise_constant_schedule` and `sgd`.
+`join_schedules`, `constant_schedule` and `sgd`.
 """
 from __future__ import annotations
 
@@ -19,27 +19,11 @@ from flax import nnx
 from shared.stream import sample_tokens
 from shared.trainer import TrainConfig
 
-from .model import _forward, _tokens, cross_entropy
+from .model import _forward, _targets, _tokens, cross_entropy
 
 # How often each jitted function was traced (a Python side effect runs only while tracing):
 # the tests use it to prove a run compiles its train step once.
 TRACES: collections.Counter = collections.Counter()
-
-
-def _decay_scale(lr: float, lr_final: float) -> float:
-    # optax's piecewise schedule returns init_value * scale, and 0.1 * 0.1 != 0.01 in floating
-    # point. Pick the scale whose product with lr rounds to lr_final exactly, in the dtype optax
-    # computes the schedule in (float64 under x64, else float32).
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0 for the step schedule (optax scales it), got {lr}")
-    dt = np.float64 if jax.config.jax_enable_x64 else np.float32
-    target, s = dt(lr_final), dt(lr_final) / dt(lr)
-    for _ in range(8):
-        p = dt(s * dt(lr))
-        if p == target:
-            return float(s)
-        s = np.nextafter(s, dt(np.inf) if p < target else dt(-np.inf))
-    raise ValueError(f"no float scale takes lr {lr} exactly to lr_final {lr_final}")
 
 
 class Optimizer:
@@ -54,8 +38,11 @@ class Optimizer:
     """
 
     def __init__(self, model, cfg: TrainConfig):
-        self.schedule = optax.piecewise_constant_schedule(
-            cfg.lr, {cfg.decay_step: _decay_scale(cfg.lr, cfg.lr_final)})
+        # Two constant pieces joined at the decay step, rather than piecewise_constant_schedule:
+        # that one returns lr * scale, and no float scale takes every lr exactly to lr_final
+        # (0.1 * 0.1 != 0.01); the lecture's schedule is "0.1, then 0.01", not a product.
+        self.schedule = optax.join_schedules(
+            [optax.constant_schedule(cfg.lr), optax.constant_schedule(cfg.lr_final)], [cfg.decay_step])
         self.optimizer = nnx.Optimizer(model, optax.sgd(self.schedule), wrt=nnx.Param)
         model.train()  # the train-mode graph is the one compiled
         # Flax's performance guide: split once, then jax.jit over the state (plain nnx.jit
@@ -95,7 +82,7 @@ def _train_step(graphdef, state, X, Y):
 
 def train_step(model, opt: Optimizer, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int, Y (B,) int); returns the loss."""
-    new_state, loss = opt.train_step(opt.state, _tokens(model, X), np.asarray(Y, np.int32))
+    new_state, loss = opt.train_step(opt.state, _tokens(model, X), _targets(model, Y))
     opt.write_back(new_state)
     return float(loss)
 
@@ -109,7 +96,7 @@ def _evaluate(model, X, Y):
 def evaluate(model, X, Y) -> float:
     """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss), one jitted call."""
     model.eval()
-    loss = _evaluate(model, _tokens(model, X), np.asarray(Y, dtype=np.int32))
+    loss = _evaluate(model, _tokens(model, X), _targets(model, Y))
     model.train()
     return float(loss)
 
@@ -136,6 +123,6 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
     the same as k calls of :func:`train_step`. Each new k compiles once.
     """
     Xs = _tokens(model, Xs)
-    new_state, losses = opt.train_steps(opt.state, Xs, np.asarray(Ys, np.int32))
+    new_state, losses = opt.train_steps(opt.state, Xs, _targets(model, Ys))
     opt.write_back(new_state)
     return np.asarray(losses, dtype=np.float64)

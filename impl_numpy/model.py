@@ -67,8 +67,15 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
 
 def _tokens(model: Sequential, X) -> np.ndarray:
     X = np.asarray(X)
-    check_token_ids(X, model.spec.vocab_size)
+    check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
     return X.astype(np.int64, copy=False)
+
+
+def _targets(model: Sequential, Y) -> np.ndarray:
+    # checked too: numpy's fancy indexing would wrap a negative target to the last class
+    Y = np.asarray(Y)
+    check_token_ids(Y, model.spec.vocab_size)
+    return Y.astype(np.int64, copy=False)
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
@@ -110,7 +117,7 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
     trainable parameter under its canonical name and layout (copies)."""
     model.train(True)
-    loss, dlogits = cross_entropy(model(_tokens(model, X)), np.asarray(Y, dtype=np.int64))
+    loss, dlogits = cross_entropy(model(_tokens(model, X)), _targets(model, Y))
     model.backward(dlogits)
     grads = {f"{i}.{k}": g.copy() for i, l in enumerate(model) for k, g in l.grads.items()}
     return loss, {k: grads[k] for k in param_shapes(model.spec, buffers=False)}

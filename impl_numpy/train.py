@@ -11,7 +11,7 @@ from shared.data import check_token_ids
 from shared.stream import sample_tokens
 from shared.trainer import TrainConfig, lr_at
 
-from .model import _tokens, cross_entropy
+from .model import _targets, _tokens, cross_entropy
 
 EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
 
@@ -91,7 +91,7 @@ def train_step(model, opt: SGD, X, Y) -> float:
     model.train()
     with single_threaded_blas():
         logits = model(_tokens(model, X))
-        loss, dlogits = cross_entropy(logits, np.asarray(Y, dtype=np.int64))
+        loss, dlogits = cross_entropy(logits, _targets(model, Y))
         model.backward(dlogits)
         opt.step()
     return loss
@@ -101,7 +101,7 @@ def evaluate(model, X, Y) -> float:
     """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss), computed in
     chunks of EVAL_CHUNK rows (rows are independent in eval mode) and summed in float64."""
     model.eval()
-    X, Y = _tokens(model, X), np.asarray(Y, dtype=np.int64)
+    X, Y = _tokens(model, X), _targets(model, Y)
     total = 0.0
     for i in range(0, len(X), EVAL_CHUNK):
         loss, _ = cross_entropy(model(X[i:i + EVAL_CHUNK]), Y[i:i + EVAL_CHUNK])
@@ -129,7 +129,7 @@ def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
     the same as k calls of it.
     """
     Xs, Ys = np.asarray(Xs), np.asarray(Ys)
-    check_token_ids(Xs, model.spec.vocab_size)
+    check_token_ids(Xs, model.spec.vocab_size, model.spec.block_size)
     check_token_ids(Ys, model.spec.vocab_size)
     Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
     losses = np.empty(len(Xs), dtype=np.float64)

@@ -65,8 +65,15 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
 
 def _tokens(model: Sequential, X) -> torch.Tensor:
     X = np.asarray(X)
-    check_token_ids(X, model.spec.vocab_size)
+    check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
     return torch.from_numpy(X.astype(np.int64, copy=False))
+
+
+def _targets(model: Sequential, Y) -> torch.Tensor:
+    # checked here for a clear error (F.cross_entropy's IndexError names no fix)
+    Y = np.asarray(Y)
+    check_token_ids(Y, model.spec.vocab_size)
+    return torch.from_numpy(Y.astype(np.int64, copy=False))
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
@@ -94,7 +101,7 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     model.train(True)
     for p in model.parameters():
         p.grad = None
-    loss = F.cross_entropy(model(_tokens(model, X)), torch.from_numpy(np.asarray(Y, dtype=np.int64)))
+    loss = F.cross_entropy(model(_tokens(model, X)), _targets(model, Y))
     loss.backward()
     tr = _transposed(model.spec)
     grads = {k: (p.grad.T if k in tr else p.grad).numpy().copy() for k, p in model.named_parameters()}

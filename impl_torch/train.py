@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from shared.stream import sample_tokens
 from shared.trainer import TrainConfig, lr_at
 
-from .model import _tokens
+from .model import _targets, _tokens
 
 
 def make_optimizer(model, cfg: TrainConfig):
@@ -29,7 +29,7 @@ def train_step(model, opt, X, Y) -> float:
     optimizer, scheduler = opt
     model.train()
     logits = model(_tokens(model, X))
-    loss = F.cross_entropy(logits, torch.from_numpy(Y))
+    loss = F.cross_entropy(logits, _targets(model, Y))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -41,7 +41,7 @@ def train_step(model, opt, X, Y) -> float:
 def evaluate(model, X, Y) -> float:
     """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss)."""
     model.eval()
-    loss = F.cross_entropy(model(_tokens(model, X)), torch.from_numpy(np.asarray(Y, dtype=np.int64)))
+    loss = F.cross_entropy(model(_tokens(model, X)), _targets(model, Y))
     model.train()
     return loss.item()
 
@@ -204,7 +204,7 @@ def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
         raise ValueError(f"need Xs (k, B, block_size) and Ys (k, B); got {Xs.shape} and {Ys.shape}")
     k = len(Xs)
     X = _tokens(model, Xs.reshape(-1, Xs.shape[-1])).reshape(Xs.shape)
-    Y = torch.from_numpy(Ys.astype(np.int64, copy=False))
+    Y = _targets(model, Ys)
     fn, kinds, layers, params, buffers = _fused_for(model, compile)
     bn = model.spec.batchnorm
     dtype = next(model.parameters()).dtype

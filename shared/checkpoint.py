@@ -18,6 +18,9 @@ from .params import ParamError, check_params
 from .spec import ModelSpec
 
 
+FORMAT = "makemore-ports/1"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the tensor."""
 
@@ -31,14 +34,21 @@ def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], spec
     Raises ParamError if `params` do not fit `spec` (nothing is written then).
     """
     check_params(spec, params, what="checkpoint to save")
+    bad = first_nonfinite(params)
+    if bad:
+        raise ParamError(f"checkpoint to save: tensor {bad!r} holds NaN or inf values; not saved")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     md = {"spec": spec.to_json(), "vocab": json.dumps("".join(vocab.itos)),
-          "dtype": spec.dtype, "format": "makemore-ports/1"}
+          "dtype": spec.dtype, "format": FORMAT}
     md.update({k: json.dumps(v) for k, v in meta.items()})
+    md = dict(sorted(md.items()))  # same run, same bytes
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp), metadata=md)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file's mode, like the run's other outputs
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,14 +72,33 @@ def read_metadata(path: str | os.PathLike) -> dict:
                               "(no 'spec'/'vocab' metadata)")
     md = {}
     for k, v in raw.items():
-        if k == "spec":
-            md[k] = ModelSpec.from_json(v)
-        elif k == "vocab":
-            md[k] = Vocab(tuple(json.loads(v)))
-        elif k in ("dtype", "format"):
-            md[k] = v
-        else:
-            md[k] = json.loads(v)
+        try:
+            if k == "spec":
+                md[k] = ModelSpec.from_json(v)
+            elif k == "vocab":
+                itos = json.loads(v)
+                if not isinstance(itos, str):
+                    raise ValueError("not a string of characters")
+                md[k] = Vocab(tuple(itos))
+            elif k in ("dtype", "format"):
+                md[k] = v
+            else:
+                md[k] = json.loads(v)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"checkpoint {path}: metadata field {k!r} is malformed "
+                                  f"({type(e).__name__}: {e}); write a new checkpoint") from e
+    spec, itos = md["spec"], md["vocab"].itos
+    problem = None
+    if itos[:1] != (".",) or len(set(itos)) != len(itos):
+        problem = f"vocab {''.join(itos)!r} must start with '.' and have no repeated character"
+    elif len(itos) != spec.vocab_size:
+        problem = f"vocab has {len(itos)} characters but the spec's vocab_size is {spec.vocab_size}"
+    elif md.get("dtype", spec.dtype) != spec.dtype:
+        problem = f"metadata dtype {md['dtype']!r} disagrees with the spec's {spec.dtype!r}"
+    elif md.get("format") != FORMAT:
+        problem = f"format {md.get('format')!r} is not {FORMAT!r}"
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}; write a new checkpoint")
     return md
 
 
@@ -96,4 +125,13 @@ def load_checkpoint(path: str | os.PathLike, spec: ModelSpec | None = None
         check_params(spec, params, what=f"checkpoint {path}")
     except ParamError as e:
         raise CheckpointError(str(e)) from e
+    bad = first_nonfinite(params)
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: tensor {bad!r} holds NaN or inf values; the run "
+                              "that wrote it diverged: use an earlier checkpoint or retrain")
     return params, md
+
+
+def first_nonfinite(params: dict[str, np.ndarray]) -> str | None:
+    """Name of the first tensor with a NaN or inf value, or None if all are finite."""
+    return next((k for k, v in params.items() if not np.isfinite(v).all()), None)

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .spec import BN_CONVENTIONS, DTYPES, PRESETS
@@ -25,12 +27,13 @@ def _common(p: argparse.ArgumentParser, steps_default: int | None = 200_000) -> 
     p.add_argument("--steps", type=int, default=steps_default, help="SGD steps (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
     p.add_argument("--seed", type=int, default=42, help="run seed: weights, batches, samples (default 42)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter and activation dtype")
-    p.add_argument("--bn", default="lecture", choices=BN_CONVENTIONS, help="BatchNorm convention")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter and activation dtype (default float32)")
+    p.add_argument("--bn", default="lecture", choices=BN_CONVENTIONS, help="BatchNorm convention (DESIGN.md): lecture = unbiased variance (default), "
+                        "torch = nn.BatchNorm1d, flax = nnx.BatchNorm")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate before the decay step")
     p.add_argument("--lr-final", type=float, default=0.01, help="learning rate from the decay step on")
     p.add_argument("--lr-decay-step", type=int, default=None,
-                   help="first step with --lr-final (default 3/4 of --steps: 150,000 of 200,000)")
+                   help="first step with --lr-final (default 3/4 of --steps, e.g. 150,000 of 200,000)")
     p.add_argument("--data", default=None, help="names.txt (default $MAKEMORE_DATA, then data/names.txt)")
 
 
@@ -42,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", help="numpy, torch or jax (default torch)")
     _common(p)
     p.add_argument("--out", default=None, help="output folder (default runs/BACKEND-PRESET)")
-    p.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between checkpoints (default 10,000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--fast", action="store_true",
-                   help="the backend's fastest path (fused/compiled steps; same losses)")
+                   help="the backend's fastest path (fused/compiled steps; the same losses up to "
+                        "float rounding)")
 
     p = sub.add_parser("sample", help="print names sampled from a checkpoint")
     p.add_argument("--checkpoint", required=True, help="a checkpoint.safetensors from any backend")
@@ -59,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
 
     p = sub.add_parser("bench", help="benchmark a training step on every backend")
-    p.add_argument("--quick", action="store_true", help="wavenet, batch 32, float32 only (under a minute)")
+    p.add_argument("--quick", action="store_true", help="wavenet, batch 32, float32 only (about a minute)")
     p.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
 
     p = sub.add_parser("diagnose", help="activation and gradient statistics (lecture Part 3 plots)")
@@ -131,6 +135,10 @@ def _dispatch(module: str, args) -> int:
     return mod.main(args)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 training diverged, 2 bad input)."""
     from .checkpoint import CheckpointError
@@ -140,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import TrainingDiverged
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "sample": cmd_sample}
+    # SIGTERM unwinds like Ctrl-C, so `finally` blocks (checkpoint temp files) still run
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command in handlers:
             return handlers[args.command](args)
@@ -147,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"makemore: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"makemore {args.command}: interrupted; checkpoints already written are complete",
+              file=sys.stderr)
+        return 130
     except (UsageError, DataError, CheckpointError, ParamError, BackendError, ValueError) as e:
         print(f"makemore {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -96,7 +96,7 @@ def read_words(path: str | os.PathLike) -> list[str]:
     except OSError as e:
         raise DataError(f"cannot read data file {p}: {e}. {_how_to_supply()}") from e
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not a character of any name
     except UnicodeDecodeError as e:
         raise DataError(f"{p} is not UTF-8 text ({e}); names.txt holds one plain name per line") from e
     words = []
@@ -215,20 +215,29 @@ class Dataset:
 
 def load_dataset(block_size: int, path: str | os.PathLike | None = None) -> Dataset:
     """Find and read names.txt, build the vocab, split the words and build X/Y for each split."""
-    words = read_words(find_names_file(path))
+    p = find_names_file(path)
+    words = read_words(p)
     vocab = Vocab.from_words(words)
     tr, va, te = split_words(words)
+    if not (tr and va and te):
+        raise DataError(f"{p} has {len(words)} names: too few for the 80/10/10 train/val/test "
+                        "split (at least 10 are needed; names.txt has 32,033)")
     return Dataset(vocab, block_size, build_dataset(tr, block_size, vocab),
                    build_dataset(va, block_size, vocab), build_dataset(te, block_size, vocab),
                    (tr, va, te))
 
 
-def check_token_ids(X, vocab_size: int) -> None:
-    """Raise ValueError if any token id in `X` (int array, any shape) is outside [0, vocab_size).
+def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
+    """Raise ValueError if any token id in `X` (int array, any shape) is outside [0, vocab_size),
+    or, with `block_size`, if X is not (..., B, block_size) contexts.
 
-    Called at every backend's model entry: JAX's gather would clamp a bad id silently.
+    Called at every backend's model entry, for contexts X and for targets Y: JAX's gather would
+    clamp a bad id silently, and numpy's indexing would wrap a negative one.
     """
     X = np.asarray(X)
+    if block_size is not None and (X.ndim < 2 or X.shape[-1] != block_size):
+        raise ValueError(f"contexts must have shape (B, {block_size}) for this model "
+                         f"(block_size {block_size}), got {X.shape}")
     if X.size == 0:
         return
     if not np.issubdtype(X.dtype, np.integer):

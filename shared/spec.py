@@ -72,6 +72,23 @@ class ModelSpec:
         if self.batchnorm.convention not in BN_CONVENTIONS:
             raise ValueError(f"BatchNorm convention must be one of {BN_CONVENTIONS}, "
                              f"got {self.batchnorm.convention!r}")
+        L = self.layers
+        if not L or L[0].kind != "embedding" or L[0].num != self.vocab_size:
+            raise ValueError(f"spec {self.name!r}: the first layer must be an embedding of "
+                             f"vocab_size {self.vocab_size} rows")
+        if L[-1].kind != "linear" or L[-1].fan_out != self.vocab_size:
+            raise ValueError(f"spec {self.name!r}: the last layer must be a Linear to vocab_size "
+                             f"{self.vocab_size} logits")
+        T = self.block_size
+        for i, l in enumerate(L):
+            if l.kind == "flatten":
+                if l.n < 1 or T % l.n:
+                    raise ValueError(f"spec {self.name!r}: layer {i} FlattenConsecutive({l.n}) does "
+                                     f"not divide the {T} positions left")
+                T //= l.n
+        if T != 1:
+            raise ValueError(f"spec {self.name!r}: the flatten layers leave {T} positions of "
+                             f"block_size {self.block_size}; they must merge all of them")
 
     def with_(self, **changes) -> "ModelSpec":
         """Copy with fields replaced; `bn_convention`, `bn_eps`, `bn_momentum` change BatchNorm."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import save_checkpoint
+from .checkpoint import first_nonfinite, save_checkpoint
 from .data import Dataset
 from .params import init_params, num_params
 from .registry import get_backend
@@ -35,6 +35,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        for name in ("lr", "lr_final"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
 
     @property
     def decay_step(self) -> int:
@@ -53,11 +57,12 @@ FAST_CHUNK = 100  # steps per fast_train_steps call
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; `step` is the 0-based step, `checkpoint` the last good one."""
 
-    def __init__(self, step: int, loss: float, checkpoint: Path | None):
+    def __init__(self, step: int, loss: float, checkpoint: Path | None, what: str | None = None):
         self.step, self.loss, self.checkpoint = step, loss, checkpoint
         where = (f"the last good checkpoint is {checkpoint}" if checkpoint
                  else "no checkpoint was written (none was asked for or none was reached)")
-        super().__init__(f"loss is {loss} at step {step}: training stopped; {where}. "
+        what = what or f"loss is {loss} at step {step}"
+        super().__init__(f"{what}: training stopped; {where}. "
                          "Lower the learning rate (--lr) or check the data.")
 
 
@@ -120,6 +125,9 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         raise ValueError(f"spec (block_size {spec.block_size}, vocab_size {spec.vocab_size}) does "
                          f"not fit the data (block_size {data.block_size}, vocab_size "
                          f"{data.vocab.vocab_size})")
+    if cfg.batch_size < 2 and any(l.kind == "batchnorm" for l in spec.layers):
+        raise ValueError(f"batch size {cfg.batch_size}: BatchNorm1d needs at least 2 examples per "
+                         "batch in train mode; use --batch-size 2 or more (the lecture uses 32)")
     B = get_backend(backend)
     init_rng, _, _ = seed_streams(cfg.seed)
     params = init_params(spec, init_rng) if params is None else params
@@ -165,19 +173,28 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             bar.set_postfix(loss=f"{losses[max(0, i - 100):i].mean():.4f}", refresh=False)
         if (ckpt is not None and checkpoint_every and i // checkpoint_every != prev // checkpoint_every
                 and i < cfg.steps):
-            last_good = save_checkpoint(ckpt, B.export_params(model), spec, data.vocab,
-                                        step=i, backend=backend)
+            snapshot = B.export_params(model)
+            if first_nonfinite(snapshot):  # the update after a finite loss can still overflow
+                raise TrainingDiverged(i, float("nan"), last_good,
+                                       f"parameter {first_nonfinite(snapshot)!r} is not finite after step {i - 1}")
+            last_good = save_checkpoint(ckpt, snapshot, spec, data.vocab, step=i, backend=backend)
     seconds = time.perf_counter() - t0
     if bar:
         bar.close()
     res = RunResult(backend, spec, cfg, losses, seconds, model=model, fast=fast)
+    res.params = B.export_params(model)
+    if first_nonfinite(res.params):
+        raise TrainingDiverged(cfg.steps, float("nan"), last_good,
+                               f"parameter {first_nonfinite(res.params)!r} is not finite after the last step")
     if evaluate:
         res.train_loss = float(B.evaluate(model, *data.train))
         res.val_loss = float(B.evaluate(model, *data.val))
+        if not (math.isfinite(res.train_loss) and math.isfinite(res.val_loss)):
+            raise TrainingDiverged(cfg.steps, res.val_loss, last_good,
+                                   f"evaluation loss is {res.train_loss} (train) / {res.val_loss} (val)")
     if n_samples:
         toks = B.sample(model, sampling_uniforms(cfg.seed, n_samples))
         res.samples = [data.vocab.decode(t + [0]) for t in toks]
-    res.params = B.export_params(model)
     if ckpt is not None:
         save_checkpoint(ckpt, res.params, spec, data.vocab, step=cfg.steps, backend=backend,
                         train_loss=res.train_loss, val_loss=res.val_loss,
