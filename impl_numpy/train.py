@@ -3,9 +3,9 @@ step schedule (no optimizer library), train/eval mode flags, chunked evaluation.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from shared.data import check_token_ids
 from shared.stream import sample_tokens
@@ -16,45 +16,22 @@ from .model import _targets, _tokens, cross_entropy
 EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
 
 
-def _openblas_threads():
-    """(get, set) of the OpenBLAS thread count numpy is linked against, or None (another BLAS,
-    or not Linux). Found through the process's loaded libraries: no extra dependency."""
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return None
-    for path in sorted(libs):
-        lib = ctypes.CDLL(path)
-        for suffix in ("64_", "_64_", ""):
-            get = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None) or \
-                getattr(lib, f"openblas_get_num_threads{suffix}", None)
-            put = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None) or \
-                getattr(lib, f"openblas_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                return get, put
-    return None
-
-
-_BLAS = _openblas_threads()
+# Below this batch size a step's matrices are tiny ((32*4, 48) @ (48, 128)): OpenBLAS's thread
+# hand-off costs more than the product, and on a busy 2-core machine its spinning threads made a
+# step 16x slower. Larger batches keep every core. Torch decides this per op by itself; numpy
+# needs it said (threadpoolctl: the standard way to set BLAS threads from Python).
+SMALL_BATCH = 64
+_BLAS = ThreadpoolController()
 
 
 @contextlib.contextmanager
-def single_threaded_blas():
-    """Run the block with one BLAS thread. A training step's matrices are tiny ((32*4, 48) @
-    (48, 128)): OpenBLAS's thread hand-off costs more than the product, and on a busy 2-core
-    machine its spinning threads made a step 16x slower. Torch decides this per op by itself;
-    numpy needs it said. A no-op where numpy's BLAS is not OpenBLAS."""
-    if _BLAS is None:
+def blas_threads_for(batch_size: int):
+    """Run the block with one BLAS thread when `batch_size` <= SMALL_BATCH, else unchanged."""
+    if batch_size > SMALL_BATCH:
         yield
         return
-    get, put = _BLAS
-    old = get()
-    put(1)
-    try:
+    with _BLAS.limit(limits=1, user_api="blas"):
         yield
-    finally:
-        put(old)
 
 
 class SGD:
@@ -89,7 +66,7 @@ def make_optimizer(model, cfg: TrainConfig) -> SGD:
 def train_step(model, opt: SGD, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
     model.train()
-    with single_threaded_blas():
+    with blas_threads_for(len(X)):
         logits = model(_tokens(model, X))
         loss, dlogits = cross_entropy(logits, _targets(model, Y))
         model.backward(dlogits)
@@ -114,7 +91,7 @@ def sample(model, uniforms: np.ndarray) -> list[list[int]]:
     """Sample len(uniforms) names in eval mode with the shared inverse-CDF draws; token lists
     without the end token."""
     model.eval()
-    with single_threaded_blas():
+    with blas_threads_for(len(uniforms)):
         out = sample_tokens(lambda ctx: model(ctx), len(uniforms), model.spec.block_size, uniforms)
     model.train()
     return out
@@ -125,7 +102,8 @@ def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
 
     The numpy fast path: token ids are checked once for all k steps, the arrays are converted once,
     the losses go into one preallocated array, and the gradient buffers (layer.grads) are reused
-    by every backward, and BLAS is set to one thread once for the k steps. The arithmetic is exactly that of train_step, so the losses are bitwise
+    by every backward, and BLAS threads are set once for the k steps. The arithmetic is exactly
+    that of train_step, so the losses are bitwise
     the same as k calls of it.
     """
     Xs, Ys = np.asarray(Xs), np.asarray(Ys)
@@ -134,7 +112,7 @@ def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
     Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
     losses = np.empty(len(Xs), dtype=np.float64)
     model.train()
-    with single_threaded_blas():
+    with blas_threads_for(Xs.shape[1]):
         for i in range(len(Xs)):
             loss, dlogits = cross_entropy(model(Xs[i]), Ys[i])
             model.backward(dlogits)
