@@ -15,7 +15,7 @@ from shared.flops import (floor_ratio, floor_seconds, forward_flops, linear_shap
 from shared.params import init_params
 from shared.registry import get_backend
 from shared.spec import get_spec
-from shared.stream import BatchStream, seed_streams
+from shared.stream import seed_streams
 from shared.trainer import TrainConfig, train
 
 from conftest import BACKENDS, ROOT

@@ -15,11 +15,11 @@ import pytest
 from shared import cli
 from shared import diagnose as dg
 from shared.params import init_params
-from shared.registry import get_backend
 from shared.spec import get_spec
 from shared.trainer import TrainConfig
 
 from conftest import BACKENDS, PAIRS
+from oracles import loaded_model
 
 RTOL = 1e-10
 
@@ -67,13 +67,6 @@ def test_summarize_names_a_missing_layer():
 
 # ---------------------------------------------------------------- each backend sees the right arrays
 
-def _model(backend, spec, params):
-    B = get_backend(backend)
-    m = B.build_model(spec)
-    B.load_params(m, params)
-    return B, m
-
-
 def _batch(data, n=32, seed=5):
     ix = np.random.default_rng(seed).integers(0, len(data.train[0]), n)
     return data.train[0][ix], data.train[1][ix]
@@ -84,10 +77,10 @@ def test_collect_records_tanh_outputs_and_their_gradients(backend, data3):
     spec = get_spec("mlp", dtype="float64")
     params = init_params(spec, 7)
     X, Y = _batch(data3)
-    _, m = _model(backend, spec, params)
+    _, m = loaded_model(backend, spec, params)
     d = dg.diagnostics_module(backend).collect(m, X, Y)
     # the outputs are the model's own train-mode layer outputs
-    B, m2 = _model(backend, spec, params)
+    B, m2 = loaded_model(backend, spec, params)
     outs = B.layer_outputs(m2, X, train=True)
     assert sorted(d["activations"]) == [4]
     np.testing.assert_allclose(d["activations"][4], outs[4], rtol=1e-12, atol=0)
@@ -125,8 +118,8 @@ def test_torch_hooks_change_nothing_and_leave_nothing(data8):
     spec = get_spec("wavenet", dtype="float64")
     params = init_params(spec, 3)
     X, Y = _batch(data8)
-    B, plain = _model("torch", spec, params)
-    _, hooked = _model("torch", spec, params)
+    B, plain = loaded_model("torch", spec, params)
+    _, hooked = loaded_model("torch", spec, params)
     loss0, g0 = B.loss_and_grads(plain, X, Y)
     d = td.collect(hooked, X, Y)
     assert d["loss"] == loss0                                  # bitwise: hooks only read
@@ -151,7 +144,7 @@ def test_jax_recording_leaves_the_model_as_it_was(data3):
     from flax import nnx
     from impl_jax import diagnostics as jd
     spec = get_spec("mlp", dtype="float64")   # the shapes compiled above: no new compile
-    B, m = _model("jax", spec, init_params(spec, 3))
+    B, m = loaded_model("jax", spec, init_params(spec, 3))
     X, Y = _batch(data3)
     before = sorted((p, type(v).__name__) for p, v in nnx.to_flat_state(nnx.state(m)))
     d = jd.collect(m, X, Y)

@@ -15,21 +15,10 @@ from impl_jax.model import Float64Unavailable  # noqa: E402
 from shared.params import init_params  # noqa: E402
 from shared.spec import get_spec  # noqa: E402
 from shared.trainer import TrainConfig  # noqa: E402
+from oracles import bn_oracle, mlp_eval_hidden_and_logits  # noqa: E402
 
 # Built first, so x64 is on for the rest of the module whatever order the tests run in.
 J.build_model(get_spec("mlp", dtype="float64"))
-
-
-def bn_oracle(x, gamma, beta, rm, rv, convention, eps=1e-5, momentum=0.1):
-    """DESIGN.md's BatchNorm table in float64 numpy: train-mode output and new running stats."""
-    axes = tuple(range(x.ndim - 1))
-    n = int(np.prod([x.shape[a] for a in axes]))      # B for 2-D input, B*T for 3-D input
-    mean = x.mean(axis=axes)
-    ss = ((x - mean) ** 2).sum(axis=axes)
-    var = ss / (n - 1) if convention == "lecture" else ss / n
-    run_var = ss / n if convention == "flax" else ss / (n - 1)
-    y = gamma * (x - mean) / np.sqrt(var + eps) + beta
-    return y, (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * run_var
 
 
 def bn_with(convention, gamma, beta, rm, rv):
@@ -173,9 +162,7 @@ def test_forward_matches_numpy_formula(rng):
     model = J.build_model(spec)
     J.load_params(model, p)
     X = rng.integers(0, 27, size=(10, 3))
-    h = p["0.weight"][X].reshape(10, -1) @ p["2.weight"]
-    h = np.tanh(p["3.gamma"] * (h - p["3.running_mean"]) / np.sqrt(p["3.running_var"] + 1e-5) + p["3.beta"])
-    logits = h @ p["5.weight"] + p["5.bias"]
+    h, logits = mlp_eval_hidden_and_logits(p, X)
     np.testing.assert_allclose(J.forward(model, X, train=False), logits, rtol=1e-12)
     outs = J.layer_outputs(model, X, train=False)
     assert len(outs) == len(spec.layers)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import impl_numpy as N
-from impl_numpy.layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from impl_numpy.layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Tanh
 from impl_numpy.model import cross_entropy
 from shared import cli
 from shared.checkpoint import load_checkpoint
@@ -15,6 +15,7 @@ from shared.params import init_params
 from shared.spec import get_spec
 from shared.stream import sampling_uniforms
 from shared.trainer import TrainConfig, train
+from oracles import bn_oracle
 
 H = 1e-6  # central-difference step (float64): truncation ~H^2, rounding ~1e-16/H
 
@@ -147,17 +148,6 @@ def test_whole_model_gradients_against_finite_differences(preset, rng):
 
 
 # ---- BatchNorm forward against DESIGN.md's table ----
-
-def bn_oracle(x, gamma, beta, rm, rv, convention, eps=1e-5, momentum=0.1):
-    axes = tuple(range(x.ndim - 1))
-    n = x.size // x.shape[-1]
-    mean = x.mean(axis=axes)
-    ss = ((x - mean) ** 2).sum(axis=axes)
-    var = ss / (n - 1) if convention == "lecture" else ss / n
-    run_var = ss / n if convention == "flax" else ss / (n - 1)
-    return (gamma * (x - mean) / np.sqrt(var + eps) + beta, (1 - momentum) * rm + momentum * mean,
-            (1 - momentum) * rv + momentum * run_var)
-
 
 @pytest.mark.parametrize("convention", ["lecture", "torch", "flax"])
 @pytest.mark.parametrize("shape", [(32, 6), (16, 4, 6)])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import BACKENDS, PAIRS
+from oracles import loaded_model
 from shared.checkpoint import load_checkpoint
 from shared.params import init_params, is_buffer
 from shared.registry import get_backend
@@ -61,13 +62,6 @@ def perturbed_params(spec, seed=0):
     return p
 
 
-def built(name, spec, params):
-    B = get_backend(name)
-    model = B.build_model(spec)
-    B.load_params(model, params)
-    return B, model
-
-
 def batch(spec, n=32, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, spec.vocab_size, size=(n, spec.block_size)),
@@ -92,7 +86,7 @@ def cached(key, fn):
 
 def _layer_outputs(name, preset, dtype):
     spec = get_spec(preset, dtype=dtype)
-    B, model = built(name, spec, perturbed_params(spec))
+    B, model = loaded_model(name, spec, perturbed_params(spec))
     X, _ = batch(spec)
     train_outs = B.layer_outputs(model, X, train=True)     # batch stats; running stats move
     eval_outs = B.layer_outputs(model, X, train=False)     # the moved running stats
@@ -118,7 +112,7 @@ def test_every_layer_output(pair, preset, dtype):
 def _loss_and_grads(name, preset, convention, dtype):
     spec = get_spec(preset, dtype=dtype, bn_convention=convention)
     p = perturbed_params(spec, seed=1)
-    B, model = built(name, spec, p)
+    B, model = loaded_model(name, spec, p)
     loss, grads = B.loss_and_grads(model, *batch(spec, seed=1))
     return p, loss, grads, B.export_params(model)
 
@@ -154,7 +148,7 @@ def test_loss_gradients_and_running_stats(pair, preset, convention, dtype):
 def _one_step(name, dtype):
     spec = get_spec("wavenet", dtype=dtype)
     p = perturbed_params(spec, seed=2)
-    B, model = built(name, spec, p)
+    B, model = loaded_model(name, spec, p)
     B.train_step(model, B.make_optimizer(model, TrainConfig(steps=10)), *batch(spec, seed=2))
     return B.export_params(model)
 
@@ -191,7 +185,7 @@ def test_checkpoint_from_one_backend_loads_into_the_other(pair, data8, tmp_path)
         params, md = load_checkpoint(tmp_path / src / "checkpoint.safetensors")
         assert md["backend"] == src
         S = get_backend(src)
-        D, model = built(dst, md["spec"], params)
+        D, model = loaded_model(dst, md["spec"], params)
         assert_same(D.forward(model, X), S.forward(res.model, X),
                     f"eval logits of a {src} checkpoint loaded into {dst}", 1e-5, (dst, src))
         names = [data8.vocab.decode(t + [0]) for t in D.sample(model, u)]

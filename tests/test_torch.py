@@ -9,19 +9,7 @@ from impl_torch.layers import BatchNorm1d, FlattenConsecutive  # noqa: E402
 from shared.params import init_params  # noqa: E402
 from shared.spec import get_spec  # noqa: E402
 from shared.trainer import TrainConfig  # noqa: E402
-
-
-def bn_oracle(x, gamma, beta, rm, rv, convention, eps=1e-5, momentum=0.1):
-    """DESIGN.md's BatchNorm table written out in float64 numpy: output and new running stats."""
-    axes = tuple(range(x.ndim - 1))
-    n = x.size // x.shape[-1]                       # B for 2-D input, B*T for 3-D input
-    mean = x.mean(axis=axes)
-    var_n = ((x - mean) ** 2).sum(axis=axes) / n
-    var_n1 = ((x - mean) ** 2).sum(axis=axes) / (n - 1)
-    var = var_n1 if convention == "lecture" else var_n
-    y = gamma * (x - mean) / np.sqrt(var + eps) + beta
-    run_var = var_n if convention == "flax" else var_n1
-    return y, (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * run_var
+from oracles import bn_oracle, mlp_eval_hidden_and_logits  # noqa: E402
 
 
 @pytest.mark.parametrize("convention", ["lecture", "torch", "flax"])
@@ -101,9 +89,7 @@ def test_forward_matches_numpy_formula(rng):
     model = T.build_model(spec)
     T.load_params(model, p)
     X = rng.integers(0, 27, size=(10, 3))
-    h = p["0.weight"][X].reshape(10, -1) @ p["2.weight"]
-    h = np.tanh(p["3.gamma"] * (h - p["3.running_mean"]) / np.sqrt(p["3.running_var"] + 1e-5) + p["3.beta"])
-    logits = h @ p["5.weight"] + p["5.bias"]
+    h, logits = mlp_eval_hidden_and_logits(p, X)
     np.testing.assert_allclose(T.forward(model, X, train=False), logits, rtol=1e-12)
 
 
