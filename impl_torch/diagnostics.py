@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-
 from .layers import Tanh
 from .model import loss_and_grads
 
