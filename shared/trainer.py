@@ -149,12 +149,12 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     chunk = FAST_CHUNK if fast else 1
     if fast and not hasattr(B, "fast_train_steps"):
         raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
-    batches = stream.take(cfg.steps)
+    rows = iter(stream)  # drawn as needed: all steps up front would be 6.5 GB at batch 4096
     t0 = time.perf_counter()
     i = 0
     while i < cfg.steps:
         k = min(chunk, cfg.steps - i)
-        ix = batches[i:i + k]
+        ix = np.stack([next(rows) for _ in range(k)])
         if fast:
             got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix]), dtype=np.float64)
         else:
