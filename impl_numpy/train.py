@@ -26,14 +26,17 @@ _BLAS = ThreadpoolController()
 
 
 def warm_up_blas() -> None:
-    """Run one 512x512 float32 GEMM (about 270 MFLOP, a few ms), once per process.
+    """Run one 512x512 float32 GEMM (about 270 MFLOP, about 10 ms), once per process (this
+    module runs it when imported).
 
     Measured on the 2-core AMD EPYC this project is developed on: until a process has run one
-    GEMM of about this size, OpenBLAS (numpy) and MKL (torch) ran the step's small float32
-    products ((64, 256) @ (256, 128)) 2-3.5x slower (about 10 against 33 GFLOP/s on one
-    thread), whatever the thread count, and stayed that slow through thousands of calls; float64
-    was not affected. One larger GEMM first makes every later one fast. The cause is inside the
-    BLAS (not page faults: none are taken); the warm-up is cheap enough to do on any machine.
+    GEMM of about this size, numpy's OpenBLAS ran the step's small float32 products
+    ((64, 256) @ (256, 128)) 3.5x slower (about 10 against 33 GFLOP/s on one thread), whatever
+    the thread count, and stayed that slow through thousands of calls; float64 was not affected.
+    One larger GEMM first makes every later one fast (a 256x256 one is not enough). The cause is
+    inside the BLAS (no page faults are taken); the warm-up is cheap enough to do on any machine.
+    It took the plain numpy step from 2.9 to 2.4 ms (wavenet, batch 32). torch's MKL showed a
+    smaller effect in a bare loop of GEMMs (1.7x) but none on torch's training steps.
     """
     global _WARM
     if not _WARM:
@@ -43,12 +46,12 @@ def warm_up_blas() -> None:
 
 
 _WARM = False
+warm_up_blas()  # at import: every numpy path (train, fast, evaluate, sample, forward) gets it
 
 
 @contextlib.contextmanager
 def blas_threads_for(batch_size: int):
     """Run the block with one BLAS thread when `batch_size` <= SMALL_BATCH, else unchanged."""
-    warm_up_blas()
     if batch_size > SMALL_BATCH:
         yield
         return
@@ -169,12 +172,13 @@ class FusedStep:
                 b.update(out=E(rows, width), dx=E(rows, width))
             self.bufs.append(b)
         V = spec.vocab_size
+        self.ones = np.ones(batch_size * spec.block_size, dt)  # column sums as GEMVs: ones @ x
         self.ce = dict(m=E(batch_size, 1), shifted=E(batch_size, V), e=E(batch_size, V), s=E(batch_size, 1),
                        dlogits=E(batch_size, V), rows=np.arange(batch_size))
 
     def __call__(self, X: np.ndarray, Y: np.ndarray, lr: float) -> float:
         """One step on X (B, block_size) int64, Y (B,) int64 (already checked); returns the loss."""
-        model, conv = self.model, self.conv
+        model, conv, ones = self.model, self.conv, self.ones
         x = X
         for l, b in zip(model, self.bufs):
             if isinstance(l, Embedding):
@@ -192,9 +196,9 @@ class FusedStep:
                     x += l.bias
             elif isinstance(l, BatchNorm1d):
                 n, m = b["n"], l.momentum
-                mean = np.divide(np.sum(x, axis=0, out=b["mean"]), n, out=b["mean"])
+                mean = np.divide(np.matmul(ones[:n], x, out=b["mean"]), n, out=b["mean"])
                 xc = np.subtract(x, mean, out=b["xhat"])
-                sq = np.sum(np.multiply(xc, xc, out=b["tmp"]), axis=0, out=b["sq"])
+                sq = np.matmul(ones[:n], np.multiply(xc, xc, out=b["tmp"]), out=b["sq"])
                 var_biased, var_unbiased = sq / n, sq / (n - 1)
                 var = var_unbiased if conv == "lecture" else var_biased
                 l.running_mean[...] = (1 - m) * l.running_mean + m * mean
@@ -211,7 +215,7 @@ class FusedStep:
         shifted = np.subtract(x, np.max(x, axis=1, keepdims=True, out=c["m"]), out=c["shifted"])
         e = np.exp(shifted, out=c["e"])
         s = np.sum(e, axis=1, keepdims=True, out=c["s"])
-        loss = -(shifted[rows, Y] - np.log(s[:, 0])).mean()
+        loss = -np.add.reduce(shifted[rows, Y] - np.log(s[:, 0])) / B   # .mean(), without its overhead
         d = np.divide(e, s, out=c["dlogits"])
         d[rows, Y] -= 1
         d /= B
@@ -222,8 +226,8 @@ class FusedStep:
                 d = np.multiply(dx, d, out=dx)
             elif isinstance(l, BatchNorm1d):
                 n, xhat = b["n"], b["xhat"]
-                g_gamma = np.sum(np.multiply(d, xhat, out=b["tmp"]), axis=0, out=b["g"])
-                g_beta = np.sum(d, axis=0, out=b["gb"])
+                g_gamma = np.matmul(ones[:n], np.multiply(d, xhat, out=b["tmp"]), out=b["g"])
+                g_beta = np.matmul(ones[:n], d, out=b["gb"])
                 # dx = inv_std/n * (n*dxhat - sum(dxhat) - (n/d)*xhat*sum(dxhat*xhat)), dxhat = gamma*d
                 corr = np.multiply(xhat, (n / b["d"]) * g_gamma, out=b["tmp"])
                 dx = np.multiply(d, n, out=b["dx"])
@@ -236,7 +240,7 @@ class FusedStep:
             elif isinstance(l, Linear):
                 gW = np.matmul(b["x"].T, d, out=b["g"])
                 if l.bias is not None:
-                    l.bias -= lr * np.sum(d, axis=0, out=b["gb"])
+                    l.bias -= lr * np.matmul(ones[:len(d)], d, out=b["gb"])
                 d = np.matmul(d, l.weight.T, out=b["dx"])       # with W before its update
                 l.weight -= np.multiply(gW, lr, out=b["u"])
             elif isinstance(l, FlattenConsecutive):
