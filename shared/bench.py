@@ -22,6 +22,9 @@ round / steps per call), ms_per_step_median, flops_per_step, floor_ms, floor_rat
 over floor_ms), vs_torch_eager (torch plain's ms_per_step in the same configuration over this
 row's), matmul_gflops (the best float32 2048x2048 matmul rate measured in this run),
 first_call_s (first call: compilation for torch.compile and JAX), peak_rss_mb (of the backend).
+
+A 'step_gemms' row (bench/test_step_gemms.py) has the same fields, path 'gemms': the step's
+matmuls alone in the backend's library.
 """
 from __future__ import annotations
 
@@ -67,12 +70,13 @@ def plan(quick: bool, backends: list[str]) -> list[Group]:
     groups = [Group("matmul", ["test_matmul.py"], ["--mm-matmul-rounds", "2" if quick else "5"], None)]
     for b in backends:
         if quick:
-            groups.append(Group(f"{b}-quick", ["test_train_step.py"],
+            groups.append(Group(f"{b}-quick", ["test_train_step.py", "test_step_gemms.py"],
                                 ["--mm-backends", b, "--mm-presets", "wavenet", "--mm-batches", "32",
                                  "--mm-float64", "", "--mm-seconds", "0.6", "--mm-min-rounds", "3"],
                                 1))
         else:
-            groups.append(Group(f"{b}-small", ["test_train_step.py", "test_eval_sample.py::test_sample"],
+            groups.append(Group(f"{b}-small", ["test_train_step.py", "test_step_gemms.py",
+                                               "test_eval_sample.py::test_sample"],
                                 ["--mm-backends", b, "--mm-batches", "32", "--mm-float64", "32"], 1))
             groups.append(Group(f"{b}-large", ["test_train_step.py", "test_eval_sample.py::test_evaluate"],
                                 ["--mm-backends", b, "--mm-batches", "256,4096", "--mm-float64", ""], None))
@@ -149,7 +153,7 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
     for r in rows:
         base = eager.get((r["kind"], r["preset"], r["batch_size"], r["dtype"]))
         r["vs_torch_eager"] = base / r["ms_per_step"] if base else None
-    order = {"train_step": 0, "evaluate": 1, "sample": 2}
+    order = {"train_step": 0, "step_gemms": 1, "evaluate": 2, "sample": 3}
     rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"],
                              r["backend"], r["path"]))
     return rows, rates
@@ -174,6 +178,19 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
           f"{r['ms_per_step']:.3f}", f"{r['steps_per_s']:.0f}", f"{r['floor_ms']:.4f}",
           f"{r['floor_ratio']:.1f}", _opt(r["vs_torch_eager"], ".2f"), f"{r['first_call_s']:.1f}"]
          for r in tr])
+    gm = [r for r in rows if r["kind"] == "step_gemms"]
+    if gm:
+        key = lambda r: (r["backend"], r["preset"], r["batch_size"], r["dtype"])  # noqa: E731
+        fast = {key(r): r["ms_per_step"] for r in tr if r["path"] == "fast"}
+        parts.append("## The step's GEMMs alone, in each backend's library (bench/test_step_gemms.py)\n"
+                     + markdown_table(
+                         ["preset", "batch", "dtype", "backend", "threads", "GEMM ms/step", "GFLOP/s",
+                          "x floor", "fast path / GEMMs"],
+                         [[r["preset"], r["batch_size"], r["dtype"], r["backend"], r["threads"],
+                           f"{r['ms_per_step']:.3f}", f"{r['flops_per_step'] / r['ms_per_step'] / 1e6:.1f}",
+                           f"{r['floor_ratio']:.1f}",
+                           _opt(fast[key(r)] / r["ms_per_step"] if key(r) in fast else None, ".2f")]
+                          for r in gm]))
     ev = [r for r in rows if r["kind"] == "evaluate"]
     if ev:
         parts.append("## Whole-split evaluation (validation split, eval mode, float32)\n" + markdown_table(
@@ -194,7 +211,9 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
         ["backend", "peak RSS MB"], [[b, f"{v:.0f}"] for b, v in rss.items()]))
     parts.append("ms/step: fastest round / steps per call. x floor: ms/step over floor ms (matmul FLOPs "
                  "of the step, shared/flops.py, at the best matmul rate). vs torch eager: torch plain's "
-                 "ms/step in the same configuration over this row's (higher is faster). first call: "
+                 "ms/step in the same configuration over this row's (higher is faster). GEMMs alone: the "
+                 "same products as the step's Linear layers (forward, dW, dX) and nothing else; "
+                 "fast path / GEMMs is the share of a step that is not matmul. first call: "
                  "includes compilation (torch.compile, XLA). Every process ran with "
                  + ", ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items()) + ".")
     return "\n\n".join(parts) + "\n"

@@ -149,6 +149,7 @@ def _raw():
                 _bench(min_s=0.1, backend="torch", path="fast", **tr)]},  # 1 ms/step
             {"peak_rss_mb": 90.0, "benchmarks": [
                 _bench(min_s=0.2, backend="numpy", path="fast", **tr),    # 2 ms/step
+                _bench(min_s=0.08, backend="numpy", path="gemms", **{**tr, "kind": "step_gemms"}),  # 0.8
                 _bench("sample", 0.25, backend="numpy", path="plain", preset="wavenet",
                        batch_size=50, dtype="float32", threads="1", steps_per_call=1,
                        names_per_call=50, first_call_s=0.3)]}]
@@ -171,6 +172,10 @@ def test_build_rows_by_hand():
     md = bench.tables(rows, rates)
     assert "| wavenet | 32 | float32 | torch | fast | 1 | 1.000 | 1000 |" in md
     assert "x floor" in md and "Peak memory" in md and "| numpy | 90 |" in md
+    (g,) = [r for r in rows if r["kind"] == "step_gemms"]
+    assert g["ms_per_step"] == pytest.approx(0.8) and g["vs_torch_eager"] is None
+    # GEMMs alone: 24.2565 MFLOP in 0.8 ms = 30.3 GFLOP/s; numpy's fast path (2 ms) / 0.8 ms = 2.50
+    assert f"| wavenet | 32 | float32 | numpy | 1 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 2.50 |" in md
 
 
 def test_build_rows_needs_a_matmul_rate():
@@ -196,7 +201,7 @@ def test_smoke_every_bench_suite(tmp_path):
                          "--mm-names", "3", "--mm-matmul-rounds", "1", "--mm-matmul-n", "64",
                          "--mm-eval-examples", "500"], tmp_path)
     n_mm = len([b for b in BACKENDS if b != "numpy"]) + 1    # numpy, torch, xla
-    n = n_mm + 2 * len(BACKENDS) + len(BACKENDS) + len(BACKENDS)  # matmul, train x2 paths, eval, sample
+    n = n_mm + 2 * len(BACKENDS) + 3 * len(BACKENDS)  # matmul, train x2 paths, step GEMMs, eval, sample
     assert f"{n} passed" in out, out[-2000:]
 
 
