@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def threads() -> str:
 
 def run_benchmark(benchmark, request, fn, info: dict) -> None:
     """Time fn: one first call (compilation, timed apart as first_call_s), one timed warm-up call
-    that sets the number of rounds, then benchmark.pedantic with one more warm-up round."""
+    that sets the number of rounds, then benchmark.pedantic with one more warm-up round. Records
+    extra_info['cores'], the CPU seconds per wall second of the measured rounds."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
@@ -53,4 +55,13 @@ def run_benchmark(benchmark, request, fn, info: dict) -> None:
     warm = time.perf_counter() - t0
     cfg = request.config
     rounds = max(cfg.getoption("--mm-min-rounds"), min(200, int(cfg.getoption("--mm-seconds") / max(warm, 1e-6))))
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
+    # cores actually used while measuring: process CPU time / wall time (threads of every kind,
+    # e.g. XLA's runtime runs independent ops concurrently even when asked for one thread)
+    benchmark.extra_info["cores"] = (_cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime

@@ -21,7 +21,8 @@ fast_train_steps), preset, batch_size, dtype, threads, steps_per_s, ms_per_step 
 round / steps per call), ms_per_step_median, flops_per_step, floor_ms, floor_ratio (ms_per_step
 over floor_ms), vs_torch_eager (torch plain's ms_per_step in the same configuration over this
 row's), matmul_gflops (the best float32 2048x2048 matmul rate measured in this run),
-first_call_s (first call: compilation for torch.compile and JAX), peak_rss_mb (of the backend).
+first_call_s (first call: compilation for torch.compile and JAX), peak_rss_mb (of the backend),
+cores (CPU seconds per wall second of the measured rounds: the cores the row really used).
 
 A 'step_gemms' row (bench/test_step_gemms.py) has the same fields, path 'gemms': the step's
 matmuls alone in the backend's library.
@@ -141,7 +142,7 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
                                             "threads", "steps_per_call")}
             row.update(ms_per_step=sec * 1e3, ms_per_step_median=med * 1e3, steps_per_s=1 / sec,
                        matmul_gflops=gflops, first_call_s=ei["first_call_s"], rounds=st["rounds"],
-                       peak_rss_mb=rss.get(ei["backend"]))
+                       peak_rss_mb=rss.get(ei["backend"]), cores=ei.get("cores"))
             if "flops" in ei:
                 row.update(flops_per_step=ei["flops"], floor_ms=floor_seconds(ei["flops"], gflops) * 1e3,
                            floor_ratio=floor_ratio(sec, ei["flops"], gflops))
@@ -172,9 +173,9 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
              "## Training step (forward, backward, SGD update)\n"]
     tr = [r for r in rows if r["kind"] == "train_step"]
     parts[-1] += markdown_table(
-        ["preset", "batch", "dtype", "backend", "path", "threads", "ms/step", "steps/s", "floor ms",
+        ["preset", "batch", "dtype", "backend", "path", "threads", "cores", "ms/step", "steps/s", "floor ms",
          "x floor", "vs torch eager", "first call s"],
-        [[r["preset"], r["batch_size"], r["dtype"], r["backend"], r["path"], r["threads"],
+        [[r["preset"], r["batch_size"], r["dtype"], r["backend"], r["path"], r["threads"], _opt(r["cores"], ".2f"),
           f"{r['ms_per_step']:.3f}", f"{r['steps_per_s']:.0f}", f"{r['floor_ms']:.4f}",
           f"{r['floor_ratio']:.1f}", _opt(r["vs_torch_eager"], ".2f"), f"{r['first_call_s']:.1f}"]
          for r in tr])
@@ -184,9 +185,10 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
         fast = {key(r): r["ms_per_step"] for r in tr if r["path"] == "fast"}
         parts.append("## The step's GEMMs alone, in each backend's library (bench/test_step_gemms.py)\n"
                      + markdown_table(
-                         ["preset", "batch", "dtype", "backend", "threads", "GEMM ms/step", "GFLOP/s",
-                          "x floor", "fast path / GEMMs"],
+                         ["preset", "batch", "dtype", "backend", "threads", "cores", "GEMM ms/step",
+                          "GFLOP/s", "x floor", "fast path / GEMMs"],
                          [[r["preset"], r["batch_size"], r["dtype"], r["backend"], r["threads"],
+                           _opt(r["cores"], ".2f"),
                            f"{r['ms_per_step']:.3f}", f"{r['flops_per_step'] / r['ms_per_step'] / 1e6:.1f}",
                            f"{r['floor_ratio']:.1f}",
                            _opt(fast[key(r)] / r["ms_per_step"] if key(r) in fast else None, ".2f")]
@@ -211,7 +213,9 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
         ["backend", "peak RSS MB"], [[b, f"{v:.0f}"] for b, v in rss.items()]))
     parts.append("ms/step: fastest round / steps per call. x floor: ms/step over floor ms (matmul FLOPs "
                  "of the step, shared/flops.py, at the best matmul rate). vs torch eager: torch plain's "
-                 "ms/step in the same configuration over this row's (higher is faster). GEMMs alone: the "
+                 "ms/step in the same configuration over this row's (higher is faster). threads: the thread "
+                 "setting of the process; cores: CPU seconds per wall second while it was measured. "
+                 "GEMMs alone: the "
                  "same products as the step's Linear layers (forward, dW, dX) and nothing else; "
                  "fast path / GEMMs is the share of a step that is not matmul. first call: "
                  "includes compilation (torch.compile, XLA). Every process ran with "

@@ -141,7 +141,7 @@ def _bench(kind, min_s, **ei):
 
 def _raw():
     tr = dict(kind="train_step", preset="wavenet", batch_size=32, dtype="float32", threads="1",
-              steps_per_call=100, flops=24_256_512, first_call_s=2.0)
+              steps_per_call=100, flops=24_256_512, first_call_s=2.0, cores=1.0)
     return [{"benchmarks": [_bench("matmul", 0.2, lib="numpy", flops=2 * 2048 ** 3),
                             _bench("matmul", 0.1, lib="torch", flops=2 * 2048 ** 3)]},
             {"peak_rss_mb": 300.0, "benchmarks": [
@@ -170,12 +170,12 @@ def test_build_rows_by_hand():
     (s,) = [r for r in rows if r["kind"] == "sample"]
     assert s["names_per_s"] == pytest.approx(200.0) and s["vs_torch_eager"] is None
     md = bench.tables(rows, rates)
-    assert "| wavenet | 32 | float32 | torch | fast | 1 | 1.000 | 1000 |" in md
+    assert "| wavenet | 32 | float32 | torch | fast | 1 | 1.00 | 1.000 | 1000 |" in md
     assert "x floor" in md and "Peak memory" in md and "| numpy | 90 |" in md
     (g,) = [r for r in rows if r["kind"] == "step_gemms"]
     assert g["ms_per_step"] == pytest.approx(0.8) and g["vs_torch_eager"] is None
     # GEMMs alone: 24.2565 MFLOP in 0.8 ms = 30.3 GFLOP/s; numpy's fast path (2 ms) / 0.8 ms = 2.50
-    assert f"| wavenet | 32 | float32 | numpy | 1 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 2.50 |" in md
+    assert f"| wavenet | 32 | float32 | numpy | 1 | 1.00 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 2.50 |" in md
 
 
 def test_build_rows_needs_a_matmul_rate():
@@ -221,6 +221,7 @@ def test_makemore_bench_end_to_end_tiny(tmp_path, monkeypatch, capsys):
         assert {"backend", "path", "preset", "batch_size", "dtype", "steps_per_s", "floor_ratio",
                 "matmul_gflops"} <= set(r)
         assert r["floor_ratio"] > 0 and r["matmul_gflops"] > 0 and r["threads"] == "1"
+        assert 0.5 < r["cores"] < 1.5      # numpy at batch 32: one BLAS thread, about one core busy
         assert (r["preset"], r["batch_size"], r["dtype"]) == ("wavenet", 32, "float32")
     raw = json.loads((tmp_path / "raw" / "numpy-quick.json").read_text())
     assert raw["peak_rss_mb"] > 10 and len(raw["benchmarks"]) == 2
