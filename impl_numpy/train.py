@@ -9,6 +9,7 @@ from threadpoolctl import ThreadpoolController
 
 from shared.data import check_token_ids
 from shared.stream import sample_tokens
+from shared.threads import step_threads
 from shared.trainer import TrainConfig, lr_at
 
 from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Tanh
@@ -17,11 +18,8 @@ from .model import _targets, _tokens, cross_entropy
 EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
 
 
-# Below this batch size a step's matrices are tiny ((32*4, 48) @ (48, 128)): OpenBLAS's thread
-# hand-off costs more than the product, and on a busy 2-core machine its spinning threads made a
-# step 16x slower. Larger batches keep every core. Torch decides this per op by itself; numpy
-# needs it said (threadpoolctl: the standard way to set BLAS threads from Python).
-SMALL_BATCH = 64
+# numpy needs BLAS threads said (threadpoolctl: the standard way to set them from Python); how
+# many is decided in shared.threads for numpy and torch alike.
 _BLAS = ThreadpoolController()
 
 
@@ -51,11 +49,13 @@ warm_up_blas()  # at import: every numpy path (train, fast, evaluate, sample, fo
 
 @contextlib.contextmanager
 def blas_threads_for(batch_size: int):
-    """Run the block with one BLAS thread when `batch_size` <= SMALL_BATCH, else unchanged."""
-    if batch_size > SMALL_BATCH:
+    """Run the block with shared.threads.step_threads(batch_size) BLAS threads (1 at batch <= 64
+    unless MAKEMORE_THREADS says otherwise), or the BLAS's own setting when that is None."""
+    n = step_threads(batch_size)
+    if n is None:
         yield
         return
-    with _BLAS.limit(limits=1, user_api="blas"):
+    with _BLAS.limit(limits=n, user_api="blas"):
         yield
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.stream import sample_tokens
+from shared.threads import step_threads
 from shared.trainer import TrainConfig, lr_at
 
 from .model import _targets, _tokens
@@ -179,11 +180,6 @@ def _fused_for(model, compile: bool):
     return cached
 
 
-# At batch <= SMALL_BATCH the fast path runs on one thread: a step's ops are too small to split,
-# and on a busy 2-core machine two spinning OpenMP threads made torch steps up to 30x slower.
-SMALL_BATCH = 64
-
-
 def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
     """k SGD steps on the fastest honest torch path; the same losses as k calls of train_step.
 
@@ -191,7 +187,8 @@ def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
         Xs: (k, B, block_size) int token ids; Ys: (k, B) int targets.
         compile: run the hand-fused step through torch.compile (inductor, C++ on CPU; the first
             call per shape compiles, ~40 s cold, ~2 s from inductor's on-disk cache); False runs
-            the same fused step eagerly. Batches of <= SMALL_BATCH examples run on one thread.
+            the same fused step eagerly. Threads: shared.threads.step_threads (1 at batch
+            <= 64 unless MAKEMORE_THREADS says otherwise).
     Returns:
         (k,) float64 losses. The model's parameters and running stats and the scheduler's step
         count advance exactly as after k train_step calls (the lr of step i is lr_at(step i)).
@@ -214,8 +211,9 @@ def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
     losses = torch.empty(k, dtype=torch.float64)
     model.train()
     threads = torch.get_num_threads()
-    if Xs.shape[1] <= SMALL_BATCH:
-        torch.set_num_threads(1)
+    n = step_threads(Xs.shape[1])
+    if n is not None:
+        torch.set_num_threads(n)
     try:
         with torch.no_grad():
             for i in range(k):

@@ -3,9 +3,10 @@ machine's FLOP floor (issue 5).
 
 Each group of benchmarks runs in its own `python -m pytest bench/...` subprocess, one after the
 other, so that
-  * thread settings can differ per group: batch <= 32 runs with one thread in every framework
-    (OMP/MKL/OpenBLAS variables, and XLA_FLAGS, which XLA reads only before jax is imported),
-    where one thread beats two on a 2-core machine; larger batches use every core;
+  * thread settings can differ per group: batch 32 runs with one thread in every framework
+    (MAKEMORE_THREADS, OMP/MKL/OpenBLAS variables, and XLA_FLAGS, which XLA reads only before jax
+    is imported), the safe default on a busy 2-core machine, and the full run measures wavenet at
+    batch 32 once more on every core; larger batches use every core;
   * the peak RSS of a process is the peak of one backend (`peak_rss_mb` per backend);
   * frameworks do not share a process (no framework-specific code runs in this one).
 Every group gets the same glibc allocator tunables (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_):
@@ -20,7 +21,7 @@ A training-step row: kind 'train_step', backend, path ('plain' = train_step per 
 fast_train_steps), preset, batch_size, dtype, threads, steps_per_s, ms_per_step (the fastest
 round / steps per call), ms_per_step_median, flops_per_step, floor_ms, floor_ratio (ms_per_step
 over floor_ms), vs_torch_eager (torch plain's ms_per_step in the same configuration over this
-row's), matmul_gflops (the best float32 2048x2048 matmul rate measured in this run),
+row's, same threads), matmul_gflops (the best float32 2048x2048 matmul rate measured in this run),
 first_call_s (first call: compilation for torch.compile and JAX), peak_rss_mb (of the backend),
 cores (CPU seconds per wall second of the measured rounds: the cores the row really used).
 
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from .flops import floor_ratio, floor_seconds
 from .registry import available_backends
+from .threads import ENV as THREADS_ENV
 from .report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,7 @@ class Group:
         if self.threads == 1:
             env.update(ONE_THREAD_ENV)
         env["MAKEMORE_BENCH_THREADS"] = str(self.threads or os.cpu_count())
+        env[THREADS_ENV] = env["MAKEMORE_BENCH_THREADS"]  # numpy and torch: shared.threads
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         return env
 
@@ -81,6 +84,11 @@ def plan(quick: bool, backends: list[str]) -> list[Group]:
                                 ["--mm-backends", b, "--mm-batches", "32", "--mm-float64", "32"], 1))
             groups.append(Group(f"{b}-large", ["test_train_step.py", "test_eval_sample.py::test_evaluate"],
                                 ["--mm-backends", b, "--mm-batches", "256,4096", "--mm-float64", ""], None))
+            # the lecture's configuration again on every core: faster on a quiet machine, the
+            # default of one thread is the safe choice on a busy one (shared/threads.py)
+            groups.append(Group(f"{b}-b32-all-cores", ["test_train_step.py"],
+                                ["--mm-backends", b, "--mm-presets", "wavenet", "--mm-batches", "32",
+                                 "--mm-float64", ""], None))
     return groups
 
 
@@ -149,13 +157,13 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
             if ei["kind"] == "sample":
                 row["names_per_s"] = ei["names_per_call"] / sec
             rows.append(row)
-    eager = {(r["kind"], r["preset"], r["batch_size"], r["dtype"]): r["ms_per_step"] for r in rows
-             if r["backend"] == "torch" and r["path"] == "plain"}
+    eager = {(r["kind"], r["preset"], r["batch_size"], r["dtype"], r["threads"]): r["ms_per_step"]
+             for r in rows if r["backend"] == "torch" and r["path"] == "plain"}
     for r in rows:
-        base = eager.get((r["kind"], r["preset"], r["batch_size"], r["dtype"]))
+        base = eager.get((r["kind"], r["preset"], r["batch_size"], r["dtype"], r["threads"]))
         r["vs_torch_eager"] = base / r["ms_per_step"] if base else None
     order = {"train_step": 0, "step_gemms": 1, "evaluate": 2, "sample": 3}
-    rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"],
+    rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"], r["threads"],
                              r["backend"], r["path"]))
     return rows, rates
 
@@ -213,8 +221,8 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
         ["backend", "peak RSS MB"], [[b, f"{v:.0f}"] for b, v in rss.items()]))
     parts.append("ms/step: fastest round / steps per call. x floor: ms/step over floor ms (matmul FLOPs "
                  "of the step, shared/flops.py, at the best matmul rate). vs torch eager: torch plain's "
-                 "ms/step in the same configuration over this row's (higher is faster). threads: the thread "
-                 "setting of the process; cores: CPU seconds per wall second while it was measured. "
+                 "ms/step in the same configuration and threads over this row's (higher is faster). threads: "
+                 "the thread setting of the process (MAKEMORE_THREADS, OMP/MKL/OpenBLAS, XLA_FLAGS); cores: CPU seconds per wall second while it was measured. "
                  "GEMMs alone: the "
                  "same products as the step's Linear layers (forward, dW, dX) and nothing else; "
                  "fast path / GEMMs is the share of a step that is not matmul. first call: "

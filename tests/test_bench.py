@@ -2,6 +2,7 @@
 against hand-computed numbers, torch's fast path against train_step, and a smoke pass of every
 bench/ suite with --benchmark-disable (so the suites cannot rot). No timing is asserted."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,15 @@ def test_makemore_bench_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "bench.png").stat().st_size > 5000
     assert "| wavenet | 32 | float32 | numpy | fast |" in capsys.readouterr().out
     assert Path(tmp_path / "bench.md").read_text().startswith("# makemore-ports benchmark")
+
+
+def test_plan_thread_settings():
+    full = {g.name: g for g in bench.plan(False, ["numpy", "torch"])}
+    assert full["numpy-small"].env()["MAKEMORE_THREADS"] == "1"
+    assert full["numpy-small"].env()["OMP_NUM_THREADS"] == "1"
+    allc = full["torch-b32-all-cores"].env()
+    assert allc["MAKEMORE_THREADS"] == str(os.cpu_count()) and "OMP_NUM_THREADS" not in allc
+    assert "32" in full["torch-b32-all-cores"].options and "test_step_gemms.py" in full["numpy-small"].files
+    quick = bench.plan(True, ["jax"])
+    assert [g.name for g in quick] == ["matmul", "jax-quick"]
+    assert quick[1].env()["MAKEMORE_THREADS"] == "1" and "intra_op" in quick[1].env()["XLA_FLAGS"]

@@ -305,3 +305,19 @@ def test_cli_train_numpy_then_sample(tmp_path, names_path, capsys):
     assert cli.main(["sample", "--checkpoint", str(out / "checkpoint.safetensors"), "--backend", "numpy",
                      "-n", "20"]) == 0
     assert capsys.readouterr().out.split() == names
+
+
+def test_blas_threads_follow_the_thread_policy(monkeypatch):
+    from threadpoolctl import threadpool_info
+    from impl_numpy.train import blas_threads_for
+    blas = lambda: {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}  # noqa: E731
+    outside = blas()
+    monkeypatch.delenv("MAKEMORE_THREADS", raising=False)
+    with blas_threads_for(32):
+        assert blas() == {1}
+    with blas_threads_for(4096):
+        assert blas() == outside
+    monkeypatch.setenv("MAKEMORE_THREADS", "2")
+    with blas_threads_for(32):
+        assert blas() == {2}
+    assert blas() == outside

@@ -98,3 +98,18 @@ def test_sample_tokens_inverse_cdf():
     u = np.array([[0.5, 0.9, 0.1, 0.99], [0.2, 0.9, 0.9, 0.9]])
     assert sample_tokens(logits_fn, 2, 3, u) == [[1, 1], []]
     assert sampling_uniforms(3, 4, 10).shape == (4, 10)
+
+
+# ---- shared.threads: the thread policy of the numpy and torch steps ----
+
+def test_step_threads_default_and_override(monkeypatch):
+    from shared.threads import step_threads
+    monkeypatch.delenv("MAKEMORE_THREADS", raising=False)
+    assert step_threads(32) == 1 and step_threads(64) == 1     # one thread at batch <= 64
+    assert step_threads(65) is None and step_threads(4096) is None  # the library's own setting
+    monkeypatch.setenv("MAKEMORE_THREADS", "2")
+    assert step_threads(32) == 2 and step_threads(4096) == 2
+    for bad in ("two", "0", "-1", "1.5"):
+        monkeypatch.setenv("MAKEMORE_THREADS", bad)
+        with pytest.raises(ValueError, match="MAKEMORE_THREADS=.*positive number of threads"):
+            step_threads(32)

@@ -1,0 +1,35 @@
+"""How many threads a training step of the numpy and torch backends runs on (JAX: XLA_FLAGS).
+
+Measured on the 2-core machine this project is developed on (bench/README.md): at batch <= 64 a
+step's matrices are tiny ((32*4, 48) @ (48, 128)), and on a busy machine the second thread's
+spinning made steps 5-30x slower (OpenBLAS and torch's OpenMP alike), so the default is one thread
+there. On a quiet machine two threads are 20-25% faster at batch 32 (numpy fast path 1.73 -> 1.40
+ms, torch fast path 1.69 -> 1.26-1.36 ms): set MAKEMORE_THREADS to choose. Larger batches keep the
+library's own setting (every core).
+"""
+from __future__ import annotations
+
+import os
+
+SMALL_BATCH = 64  # batches up to this size run on one thread unless MAKEMORE_THREADS says otherwise
+ENV = "MAKEMORE_THREADS"
+
+
+def step_threads(batch_size: int) -> int | None:
+    """Threads for a step on `batch_size` examples: MAKEMORE_THREADS (a positive int) when set,
+    else 1 for batch_size <= SMALL_BATCH and None (leave the library's setting) above.
+
+    Raises:
+        ValueError: MAKEMORE_THREADS is set to something other than a positive integer.
+    """
+    raw = os.environ.get(ENV, "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{ENV}={raw!r}: give a positive number of threads (e.g. {ENV}=2), "
+                             f"or unset it for the default (1 thread at batch <= {SMALL_BATCH})")
+        return n
+    return 1 if batch_size <= SMALL_BATCH else None
