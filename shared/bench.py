@@ -189,7 +189,7 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
          for r in tr])
     gm = [r for r in rows if r["kind"] == "step_gemms"]
     if gm:
-        key = lambda r: (r["backend"], r["preset"], r["batch_size"], r["dtype"])  # noqa: E731
+        key = lambda r: (r["backend"], r["preset"], r["batch_size"], r["dtype"], r["threads"])  # noqa: E731
         fast = {key(r): r["ms_per_step"] for r in tr if r["path"] == "fast"}
         parts.append("## The step's GEMMs alone, in each backend's library (bench/test_step_gemms.py)\n"
                      + markdown_table(

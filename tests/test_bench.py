@@ -151,6 +151,7 @@ def _raw():
             {"peak_rss_mb": 90.0, "benchmarks": [
                 _bench(min_s=0.2, backend="numpy", path="fast", **tr),    # 2 ms/step
                 _bench(min_s=0.08, backend="numpy", path="gemms", **{**tr, "kind": "step_gemms"}),  # 0.8
+                _bench(min_s=0.1, backend="numpy", path="fast", **{**tr, "threads": "2"}),  # 1 ms, 2 threads
                 _bench("sample", 0.25, backend="numpy", path="plain", preset="wavenet",
                        batch_size=50, dtype="float32", threads="1", steps_per_call=1,
                        names_per_call=50, first_call_s=0.3)]}]
@@ -160,13 +161,15 @@ def test_build_rows_by_hand():
     rows, rates = bench.build_rows(_raw())
     gflops = 2 * 2048 ** 3 / 0.1 / 1e9                         # 171.79869184, torch's, the best
     assert rates == pytest.approx({"numpy": gflops / 2, "torch": gflops})
-    tr = {(r["backend"], r["path"]): r for r in rows if r["kind"] == "train_step"}
+    tr = {(r["backend"], r["path"]): r for r in rows if r["kind"] == "train_step" and r["threads"] == "1"}
     floor_ms = 24_256_512 / (gflops * 1e9) * 1e3                # 0.14119... ms
     f = tr["torch", "fast"]
     assert f["ms_per_step"] == pytest.approx(1.0) and f["steps_per_s"] == pytest.approx(1000)
     assert f["floor_ratio"] == pytest.approx(1.0 / floor_ms) and f["matmul_gflops"] == pytest.approx(gflops)
     assert f["vs_torch_eager"] == pytest.approx(5.0) and f["peak_rss_mb"] == 300.0
     assert tr["numpy", "fast"]["vs_torch_eager"] == pytest.approx(2.5)
+    (two,) = [r for r in rows if r["threads"] == "2"]                 # no torch eager at 2 threads
+    assert two["vs_torch_eager"] is None and two["ms_per_step"] == pytest.approx(1.0)
     assert tr["torch", "plain"]["ms_per_step_median"] == pytest.approx(7.5)
     (s,) = [r for r in rows if r["kind"] == "sample"]
     assert s["names_per_s"] == pytest.approx(200.0) and s["vs_torch_eager"] is None
