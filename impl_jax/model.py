@@ -150,7 +150,13 @@ def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]
 
 
 def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
-    """Mean cross-entropy of logits (B, vocab) against int labels (B,) (torch's F.cross_entropy)."""
+    """Mean cross-entropy of logits (B, vocab) against int labels (B,) (torch's F.cross_entropy).
+
+    Raises ValueError (at trace time: shapes are static under jit) if Y is not of shape (B,);
+    optax would broadcast a (1,) Y over the batch.
+    """
+    if Y.shape != logits.shape[:1]:
+        raise ValueError(f"targets have shape {Y.shape}; need one per example, shape ({logits.shape[0]},)")
     return optax.softmax_cross_entropy_with_integer_labels(logits, Y).mean()
 
 

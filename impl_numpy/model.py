@@ -99,8 +99,11 @@ def cross_entropy(logits: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]
     Lecture Part 4 exercise 2 (1:17:00): dlogits = (softmax(logits) - onehot(Y)) / B.
     The log-softmax subtracts the row max first (as F.cross_entropy) so exp cannot overflow.
     Returns (loss as a Python float, dlogits in the logits' dtype).
+    Raises ValueError if Y is not of shape (B,).
     """
     B = logits.shape[0]
+    if Y.shape != (B,):  # fancy indexing would broadcast a (B, 1) or (1,) Y without a word
+        raise ValueError(f"targets have shape {Y.shape}; need one per example, shape ({B},)")
     rows = np.arange(B)
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)

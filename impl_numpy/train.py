@@ -90,6 +90,7 @@ def make_optimizer(model, cfg: TrainConfig) -> SGD:
 
 def train_step(model, opt: SGD, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
+    model.spec.check_train_batch(len(X))  # an empty batch would fail deep in a reshape
     model.train()
     with blas_threads_for(len(X)):
         logits = model(_tokens(model, X))
@@ -268,11 +269,13 @@ def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
     count (and so the lr schedule) advances by k.
 
     Raises:
-        ValueError: token ids out of range (shared.data.check_token_ids) or mismatched shapes.
+        ValueError: token ids out of range (shared.data.check_token_ids), mismatched shapes, or a
+            batch too small for BatchNorm (ModelSpec.check_train_batch); the model is unchanged.
     """
     Xs, Ys = np.asarray(Xs), np.asarray(Ys)
     if Xs.ndim != 3 or Ys.shape != Xs.shape[:2]:
         raise ValueError(f"need Xs (k, B, block_size) and Ys (k, B); got {Xs.shape} and {Ys.shape}")
+    model.spec.check_train_batch(Xs.shape[1])  # before anything changes (train_step: in the layer)
     check_token_ids(Xs, model.spec.vocab_size, model.spec.block_size)
     check_token_ids(Ys, model.spec.vocab_size)
     Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)

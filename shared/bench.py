@@ -52,6 +52,11 @@ ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_
                   "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: taskset, cgroups), not os.cpu_count()."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class Group:
     """One pytest subprocess: `files` under bench/, pytest `options`, `threads` 1 or None (all)."""
 
@@ -63,7 +68,7 @@ class Group:
         env.update(ALLOCATOR_ENV)
         if self.threads == 1:
             env.update(ONE_THREAD_ENV)
-        env["MAKEMORE_BENCH_THREADS"] = str(self.threads or os.cpu_count())
+        env["MAKEMORE_BENCH_THREADS"] = str(self.threads or available_cores())
         env[THREADS_ENV] = env["MAKEMORE_BENCH_THREADS"]  # numpy and torch: shared.threads
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         return env
@@ -86,9 +91,10 @@ def plan(quick: bool, backends: list[str]) -> list[Group]:
                                 ["--mm-backends", b, "--mm-batches", "256,4096", "--mm-float64", ""], None))
             # the lecture's configuration again on every core: faster on a quiet machine, the
             # default of one thread is the safe choice on a busy one (shared/threads.py)
-            groups.append(Group(f"{b}-b32-all-cores", ["test_train_step.py"],
-                                ["--mm-backends", b, "--mm-presets", "wavenet", "--mm-batches", "32",
-                                 "--mm-float64", ""], None))
+            if available_cores() > 1:
+                groups.append(Group(f"{b}-b32-all-cores", ["test_train_step.py"],
+                                    ["--mm-backends", b, "--mm-presets", "wavenet", "--mm-batches", "32",
+                                     "--mm-float64", ""], None))
     return groups
 
 
@@ -163,8 +169,9 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
         base = eager.get((r["kind"], r["preset"], r["batch_size"], r["dtype"], r["threads"]))
         r["vs_torch_eager"] = base / r["ms_per_step"] if base else None
     order = {"train_step": 0, "step_gemms": 1, "evaluate": 2, "sample": 3}
-    rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"], r["threads"],
-                             r["backend"], r["path"]))
+    nthreads = lambda t: int(t) if str(t).isdigit() else 0  # noqa: E731  ('default' when run by hand)
+    rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"],
+                             nthreads(r["threads"]), r["backend"], r["path"]))
     return rows, rates
 
 
@@ -265,7 +272,8 @@ def plot(rows: list[dict], path: Path) -> Path:
 def machine_info(raws: list[dict]) -> str:
     cpu = next((r.get("machine_info", {}).get("cpu", {}).get("brand_raw") for r in raws
                 if r.get("machine_info", {}).get("cpu")), None) or platform.processor()
-    return f"Machine: {cpu or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}."
+    return (f"Machine: {cpu or platform.machine()}, {available_cores()} cores available "
+            f"({os.cpu_count()} in the machine); Python {platform.python_version()}.")
 
 
 def run(groups: list[Group], out: Path, timeout: float | None = None) -> list[dict]:

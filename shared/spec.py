@@ -90,6 +90,25 @@ class ModelSpec:
             raise ValueError(f"spec {self.name!r}: the flatten layers leave {T} positions of "
                              f"block_size {self.block_size}; they must merge all of them")
 
+    def check_train_batch(self, batch_size: int) -> None:
+        """Check that a train-mode step on `batch_size` examples can run: at least one example,
+        and every BatchNorm1d sees at least 2 values per channel (batch_size times the positions
+        left at that layer), as the layers themselves require in train mode.
+
+        Raises:
+            ValueError: saying which layer and what batch size to use instead.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch size {batch_size}: a training step needs at least 1 example")
+        T = self.block_size
+        for i, l in enumerate(self.layers):
+            if l.kind == "flatten":
+                T //= l.n
+            elif l.kind == "batchnorm" and batch_size * T < 2:
+                raise ValueError(f"batch size {batch_size}: BatchNorm1d (layer {i}) needs at least 2 "
+                                 f"values per channel in train mode and would get {batch_size * T}; use "
+                                 "a batch size of 2 or more (the lecture uses 32)")
+
     def with_(self, **changes) -> "ModelSpec":
         """Copy with fields replaced; `bn_convention`, `bn_eps`, `bn_momentum` change BatchNorm."""
         bn = {k[3:]: changes.pop(k) for k in list(changes) if k.startswith("bn_")}

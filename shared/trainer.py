@@ -125,9 +125,10 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         raise ValueError(f"spec (block_size {spec.block_size}, vocab_size {spec.vocab_size}) does "
                          f"not fit the data (block_size {data.block_size}, vocab_size "
                          f"{data.vocab.vocab_size})")
-    if cfg.batch_size < 2 and any(l.kind == "batchnorm" for l in spec.layers):
-        raise ValueError(f"batch size {cfg.batch_size}: BatchNorm1d needs at least 2 examples per "
-                         "batch in train mode; use --batch-size 2 or more (the lecture uses 32)")
+    try:
+        spec.check_train_batch(cfg.batch_size)
+    except ValueError as e:
+        raise ValueError(f"{e}: --batch-size 2 or more on the command line") from None
     B = get_backend(backend)
     init_rng, _, _ = seed_streams(cfg.seed)
     params = init_params(spec, init_rng) if params is None else params

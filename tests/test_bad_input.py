@@ -42,6 +42,39 @@ def test_targets_outside_the_vocab_raise_everywhere(mlp64, bad):
             call()
 
 
+@pytest.mark.parametrize("batch", [1, 0])
+def test_a_batch_too_small_for_batchnorm_changes_nothing(mlp64, batch):
+    # train_step raises inside BatchNorm1d; the fast paths (fused steps with no layer objects in
+    # numpy and torch) must raise the same before touching parameters, running stats or the schedule
+    B, model = mlp64
+    B.load_params(model, init_params(model.spec, 2))
+    before = B.export_params(model)
+    opt = B.make_optimizer(model, TrainConfig(steps=10))
+    X, Y = np.ones((2, batch, 3), np.int64), np.ones((2, batch), np.int64)
+    msg = "BatchNorm1d.*at least 2 values per channel|needs at least 1 example"
+    with pytest.raises(ValueError, match=msg):
+        B.fast_train_steps(model, opt, X, Y)
+    with pytest.raises(ValueError, match=msg):
+        B.train_step(model, opt, X[0], Y[0])
+    after = B.export_params(model)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert np.isfinite(B.evaluate(model, np.ones((4, 3), np.int64), np.ones(4, np.int64)))
+
+
+@pytest.mark.parametrize("shape", [(4, 1), (1,), (5,)])
+def test_targets_of_the_wrong_shape_raise_everywhere(mlp64, shape):
+    # numpy's fancy indexing and optax would broadcast a (B, 1) or (1,) Y into a wrong loss
+    B, model = mlp64
+    X, Y = np.zeros((4, 3), np.int64), np.ones(shape, np.int64)
+    opt = B.make_optimizer(model, TrainConfig(steps=10))
+    for name, call in {"train_step": lambda: B.train_step(model, opt, X, Y),
+                       "evaluate": lambda: B.evaluate(model, X, Y),
+                       "loss_and_grads": lambda: B.loss_and_grads(model, X, Y)}.items():
+        with pytest.raises((ValueError, RuntimeError), match=r"shape|target"):
+            call()
+
+
 def test_context_length_is_checked(mlp64):
     B, model = mlp64
     with pytest.raises(ValueError, match=r"contexts must have shape \(B, 3\).*\(4, 6\)"):

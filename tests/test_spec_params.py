@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shared.params import ParamError, check_params, init_params, num_params, param_shapes
-from shared.spec import ModelSpec, get_spec
+from shared.spec import LayerSpec, ModelSpec, get_spec
 from shared.stream import BatchStream, sample_tokens, sampling_uniforms
 from shared.trainer import TrainConfig, lr_at
 
@@ -113,3 +113,19 @@ def test_step_threads_default_and_override(monkeypatch):
         monkeypatch.setenv("MAKEMORE_THREADS", bad)
         with pytest.raises(ValueError, match="MAKEMORE_THREADS=.*positive number of threads"):
             step_threads(32)
+
+
+def test_check_train_batch():
+    spec = get_spec("wavenet")
+    spec.check_train_batch(2)                       # the last BatchNorm gets 2 x 1 position
+    for bad in (1, 0, -3):
+        with pytest.raises(ValueError, match=f"batch size {bad}"):
+            spec.check_train_batch(bad)
+    with pytest.raises(ValueError, match=r"BatchNorm1d \(layer 11\).*would get 1"):
+        spec.check_train_batch(1)
+    # a BatchNorm before the last flatten sees batch x positions: one example of 4 positions is enough
+    early = ModelSpec("early", 27, 8, 4, 8, (
+        LayerSpec("embedding", num=27, dim=4), LayerSpec("flatten", n=2),
+        LayerSpec("linear", fan_in=8, fan_out=8, bias=False), LayerSpec("batchnorm", dim=8),
+        LayerSpec("flatten", n=4), LayerSpec("linear", fan_in=32, fan_out=27)))
+    early.check_train_batch(1)
