@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark a training step on every backend")
     p.add_argument("--quick", action="store_true", help="wavenet, batch 32, float32 only (about a minute)")
-    p.add_argument("--out", default="bench/results", help="output folder (default bench/results)")
+    p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench; the "
+                   "reference runs committed in bench/results* are copies of such folders)")
 
     p = sub.add_parser("diagnose", help="activation and gradient statistics (lecture Part 3 plots)")
     p.add_argument("--backend", default="torch", help="numpy, torch, jax or all")
@@ -89,11 +90,13 @@ def _spec_and_data(args):
 
 
 def cmd_train(args) -> int:
+    from .threads import step_threads
     from .params import num_params
     from .registry import get_backend
     from .trainer import train, write_run
     get_backend(args.backend)  # fail fast on an unknown or missing backend
     cfg = _config(args)
+    step_threads(cfg.batch_size)  # a bad MAKEMORE_THREADS fails here, before anything is written
     spec, data = _spec_and_data(args)
     out = Path(args.out or f"runs/{args.backend}-{args.preset}")
     print(f"{args.backend} {spec.name}: {num_params(spec):,} parameters, {spec.dtype}, "

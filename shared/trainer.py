@@ -170,8 +170,8 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             step_callback(i + k - 1, float(got[-1]))
         prev, i = i, i + k
         if bar is not None and (i // 100 != prev // 100 or i == cfg.steps):
-            bar.update(i - bar.n)
             bar.set_postfix(loss=f"{losses[max(0, i - 100):i].mean():.4f}", refresh=False)
+            bar.update(i - bar.n)  # after the postfix: the line it draws shows the current loss
         if (ckpt is not None and checkpoint_every and i // checkpoint_every != prev // checkpoint_every
                 and i < cfg.steps):
             snapshot = B.export_params(model)

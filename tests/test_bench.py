@@ -145,6 +145,7 @@ def _raw():
               steps_per_call=100, flops=24_256_512, first_call_s=2.0, cores=1.0)
     return [{"benchmarks": [_bench("matmul", 0.2, lib="numpy", flops=2 * 2048 ** 3),
                             _bench("matmul", 0.1, lib="torch", flops=2 * 2048 ** 3)]},
+            {"benchmarks": [_bench("matmul", 0.4, lib="torch", flops=2 * 2048 ** 3)]},  # a busy end
             {"peak_rss_mb": 300.0, "benchmarks": [
                 _bench(min_s=0.5, backend="torch", path="plain", **tr),   # 5 ms/step
                 _bench(min_s=0.1, backend="torch", path="fast", **tr)]},  # 1 ms/step
@@ -175,16 +176,25 @@ def test_build_rows_by_hand():
     assert s["names_per_s"] == pytest.approx(200.0) and s["vs_torch_eager"] is None
     md = bench.tables(rows, rates)
     assert "| wavenet | 32 | float32 | torch | fast | 1 | 1.00 | 1.000 | 1000 |" in md
-    assert "x floor" in md and "Peak memory" in md and "| numpy | 90 |" in md
+    assert "x floor" in md and "Peak memory" in md and "| numpy | 90 |" in md and "Warning" not in md
     (g,) = [r for r in rows if r["kind"] == "step_gemms"]
     assert g["ms_per_step"] == pytest.approx(0.8) and g["vs_torch_eager"] is None
     # GEMMs alone: 24.2565 MFLOP in 0.8 ms = 30.3 GFLOP/s; numpy's fast path (2 ms) / 0.8 ms = 2.50
     assert f"| wavenet | 32 | float32 | numpy | 1 | 1.00 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 2.50 |" in md
 
 
+def test_a_floor_beaten_by_a_row_is_flagged():
+    raw = [{"benchmarks": [_bench("matmul", 2.0, lib="numpy", flops=2 * 2048 ** 3)]}] + _raw()[2:]  # 8.6 GFLOP/s
+    rows, rates = bench.build_rows(raw)
+    md = bench.tables(rows, rates)
+    (warn,) = [line for line in md.splitlines() if line.startswith("**Warning:**")]
+    assert "torch fast (train_step)" in warn and "numpy gemms (step_gemms)" in warn
+    assert "torch plain" not in warn                              # 5 ms > the 2.8 ms floor
+
+
 def test_build_rows_needs_a_matmul_rate():
     with pytest.raises(ValueError, match="no matmul benchmark"):
-        bench.build_rows(_raw()[1:])
+        bench.build_rows(_raw()[2:])
 
 
 # ---- the suites themselves, and makemore bench end to end, tiny ----
@@ -242,5 +252,5 @@ def test_plan_thread_settings():
     assert allc["MAKEMORE_THREADS"] == str(len(os.sched_getaffinity(0))) and "OMP_NUM_THREADS" not in allc
     assert "32" in full["torch-b32-all-cores"].options and "test_step_gemms.py" in full["numpy-small"].files
     quick = bench.plan(True, ["jax"])
-    assert [g.name for g in quick] == ["matmul", "jax-quick"]
+    assert [g.name for g in quick] == ["matmul", "jax-quick", "matmul-end"]
     assert quick[1].env()["MAKEMORE_THREADS"] == "1" and "intra_op" in quick[1].env()["XLA_FLAGS"]
