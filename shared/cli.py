@@ -90,13 +90,16 @@ def _spec_and_data(args):
 
 
 def cmd_train(args) -> int:
-    from .threads import step_threads
+    from .threads import busy_warning, step_threads
     from .params import num_params
     from .registry import get_backend
     from .trainer import train, write_run
     get_backend(args.backend)  # fail fast on an unknown or missing backend
     cfg = _config(args)
     step_threads(cfg.batch_size)  # a bad MAKEMORE_THREADS fails here, before anything is written
+    warning = busy_warning(cfg.batch_size)
+    if warning:
+        print(warning, file=sys.stderr)
     spec, data = _spec_and_data(args)
     out = Path(args.out or f"runs/{args.backend}-{args.preset}")
     print(f"{args.backend} {spec.name}: {num_params(spec):,} parameters, {spec.dtype}, "

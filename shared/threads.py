@@ -33,3 +33,19 @@ def step_threads(batch_size: int) -> int | None:
                              f"or unset it for the default (1 thread at batch <= {SMALL_BATCH})")
         return n
     return 1 if batch_size <= SMALL_BATCH else None
+
+
+def busy_warning(batch_size: int) -> str | None:
+    """A warning to print when MAKEMORE_THREADS asks for more than one thread at a small batch
+    while the machine is already busy (1-minute load average above cores - 1): the case where
+    the extra threads made steps 5-30x slower here. None otherwise (or where there is no load
+    average)."""
+    n = step_threads(batch_size)
+    if not n or n < 2 or batch_size > SMALL_BATCH or not hasattr(os, "getloadavg"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    if load <= cores - 1:
+        return None
+    return (f"warning: {ENV}={n} at batch {batch_size} on a busy machine (load {load:.1f} on {cores} "
+            f"cores): extra threads made such steps 5-30x slower here; unset {ENV} for one thread")

@@ -129,3 +129,18 @@ def test_check_train_batch():
         LayerSpec("linear", fan_in=8, fan_out=8, bias=False), LayerSpec("batchnorm", dim=8),
         LayerSpec("flatten", n=4), LayerSpec("linear", fan_in=32, fan_out=27)))
     early.check_train_batch(1)
+
+
+def test_busy_warning_only_when_asked_for_threads_on_a_busy_machine(monkeypatch):
+    import os
+    from shared import threads
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 3.0, 2.0))
+    monkeypatch.delenv("MAKEMORE_THREADS", raising=False)
+    assert threads.busy_warning(32) is None                     # the default: one thread
+    monkeypatch.setenv("MAKEMORE_THREADS", "2")
+    w = threads.busy_warning(32)
+    assert "MAKEMORE_THREADS=2" in w and "load 3.2 on 2 cores" in w
+    assert threads.busy_warning(4096) is None                    # large batches: threads pay off
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.5, 0.5))
+    assert threads.busy_warning(32) is None                      # quiet machine
