@@ -240,6 +240,9 @@ def test_train_step_compiles_once_per_run(rng):
         J.evaluate(model, X[0], Y[0])
         J.forward(model, X[1], train=i % 2 == 0)
     J.sample(model, np.full((2, 5), 0.5))
+    a = J.sample(model, np.full((2, 5), 0.5))   # the token loop's forward: compiled once, reused
+    assert JT.TRACES["sample_forward"] - before.get("sample_forward", 0) == 1
+    assert a == J.sample(model, np.full((2, 5), 0.5)) and model.layers[3].use_running_average is False
     assert JT.TRACES["train_step"] - before.get("train_step", 0) == 1
     assert JT.TRACES["evaluate"] - before.get("evaluate", 0) <= 1
     J.fast_train_steps(model, opt, X[:3], Y[:3])
