@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shared.data import check_token_ids
+from shared.data import check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -119,10 +119,14 @@ def _tokens(model: Sequential, X) -> np.ndarray:
     return X.astype(np.int32, copy=False)  # int32 whether or not x64 is on: one jit signature
 
 
-def _targets(model: Sequential, Y) -> np.ndarray:
-    # checked too: a target outside the vocab would give a silent NaN or a wrong loss under jit
+def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
+    # checked too: a target outside the vocab would give a silent NaN or a wrong loss under jit;
+    # with n (the number of contexts) the shape too (shared.data.check_targets)
     Y = np.asarray(Y)
-    check_token_ids(Y, model.spec.vocab_size)
+    if n is None:
+        check_token_ids(Y, model.spec.vocab_size)
+    else:
+        check_targets(Y, n, model.spec.vocab_size)
     return Y.astype(np.int32, copy=False)
 
 
@@ -169,7 +173,8 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
     trainable parameter (nnx.Param) under its canonical name and layout."""
     model.train()
-    loss, grads = _loss_and_grads(model, _tokens(model, X), _targets(model, Y))
+    X = _tokens(model, X)
+    loss, grads = _loss_and_grads(model, X, _targets(model, Y, len(X)))
     flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
     out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _fields(model.spec).items()
            if (i, f) in flat}

@@ -82,7 +82,8 @@ def _train_step(graphdef, state, X, Y):
 
 def train_step(model, opt: Optimizer, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int, Y (B,) int); returns the loss."""
-    new_state, loss = opt.train_step(opt.state, _tokens(model, X), _targets(model, Y))
+    X = _tokens(model, X)
+    new_state, loss = opt.train_step(opt.state, X, _targets(model, Y, len(X)))
     opt.write_back(new_state)
     return float(loss)
 
@@ -96,7 +97,8 @@ def _evaluate(model, X, Y):
 def evaluate(model, X, Y) -> float:
     """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss), one jitted call."""
     model.eval()
-    loss = _evaluate(model, _tokens(model, X), _targets(model, Y))
+    X = _tokens(model, X)
+    loss = _evaluate(model, X, _targets(model, Y, len(X)))
     model.train()
     return float(loss)
 

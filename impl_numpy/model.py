@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data import check_token_ids
+from shared.data import check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -71,10 +71,14 @@ def _tokens(model: Sequential, X) -> np.ndarray:
     return X.astype(np.int64, copy=False)
 
 
-def _targets(model: Sequential, Y) -> np.ndarray:
-    # checked too: numpy's fancy indexing would wrap a negative target to the last class
+def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
+    # checked too: numpy's fancy indexing would wrap a negative target to the last class; with n
+    # (the number of contexts) the shape is checked as well (shared.data.check_targets)
     Y = np.asarray(Y)
-    check_token_ids(Y, model.spec.vocab_size)
+    if n is None:
+        check_token_ids(Y, model.spec.vocab_size)
+    else:
+        check_targets(Y, n, model.spec.vocab_size)
     return Y.astype(np.int64, copy=False)
 
 
@@ -120,7 +124,9 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
     trainable parameter under its canonical name and layout (copies)."""
     model.train(True)
-    loss, dlogits = cross_entropy(model(_tokens(model, X)), _targets(model, Y))
+    X = _tokens(model, X)
+    Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
+    loss, dlogits = cross_entropy(model(X), Y)
     model.backward(dlogits)
     grads = {f"{i}.{k}": g.copy() for i, l in enumerate(model) for k, g in l.grads.items()}
     return loss, {k: grads[k] for k in param_shapes(model.spec, buffers=False)}

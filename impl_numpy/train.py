@@ -92,9 +92,10 @@ def train_step(model, opt: SGD, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
     model.spec.check_train_batch(len(X))  # an empty batch would fail deep in a reshape
     model.train()
+    X = _tokens(model, X)
+    Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
     with blas_threads_for(len(X)):
-        logits = model(_tokens(model, X))
-        loss, dlogits = cross_entropy(logits, _targets(model, Y))
+        loss, dlogits = cross_entropy(model(X), Y)
         model.backward(dlogits)
         opt.step()
     return loss
@@ -104,7 +105,8 @@ def evaluate(model, X, Y) -> float:
     """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss), computed in
     chunks of EVAL_CHUNK rows (rows are independent in eval mode) and summed in float64."""
     model.eval()
-    X, Y = _tokens(model, X), _targets(model, Y)
+    X = _tokens(model, X)
+    Y = _targets(model, Y, len(X))
     total = 0.0
     for i in range(0, len(X), EVAL_CHUNK):
         loss, _ = cross_entropy(model(X[i:i + EVAL_CHUNK]), Y[i:i + EVAL_CHUNK])

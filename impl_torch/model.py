@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.data import check_token_ids
+from shared.data import check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -69,10 +69,14 @@ def _tokens(model: Sequential, X) -> torch.Tensor:
     return torch.from_numpy(X.astype(np.int64, copy=False))
 
 
-def _targets(model: Sequential, Y) -> torch.Tensor:
-    # checked here for a clear error (F.cross_entropy's IndexError names no fix)
+def _targets(model: Sequential, Y, n: int | None = None) -> torch.Tensor:
+    # checked here for a clear error (F.cross_entropy's IndexError names no fix); with n (the
+    # number of contexts) the shape too (shared.data.check_targets)
     Y = np.asarray(Y)
-    check_token_ids(Y, model.spec.vocab_size)
+    if n is None:
+        check_token_ids(Y, model.spec.vocab_size)
+    else:
+        check_targets(Y, n, model.spec.vocab_size)
     return torch.from_numpy(Y.astype(np.int64, copy=False))
 
 
@@ -101,7 +105,9 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     model.train(True)
     for p in model.parameters():
         p.grad = None
-    loss = F.cross_entropy(model(_tokens(model, X)), _targets(model, Y))
+    X = _tokens(model, X)
+    Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
+    loss = F.cross_entropy(model(X), Y)
     loss.backward()
     tr = _transposed(model.spec)
     grads = {k: (p.grad.T if k in tr else p.grad).numpy().copy() for k, p in model.named_parameters()}

@@ -29,8 +29,9 @@ def train_step(model, opt, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
     optimizer, scheduler = opt
     model.train()
-    logits = model(_tokens(model, X))
-    loss = F.cross_entropy(logits, _targets(model, Y))
+    X = _tokens(model, X)
+    Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
+    loss = F.cross_entropy(model(X), Y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -42,7 +43,8 @@ def train_step(model, opt, X, Y) -> float:
 def evaluate(model, X, Y) -> float:
     """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss)."""
     model.eval()
-    loss = F.cross_entropy(model(_tokens(model, X)), _targets(model, Y))
+    X = _tokens(model, X)
+    loss = F.cross_entropy(model(X), _targets(model, Y, len(X)))
     model.train()
     return loss.item()
 

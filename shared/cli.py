@@ -96,10 +96,11 @@ def cmd_train(args) -> int:
     from .trainer import train, write_run
     get_backend(args.backend)  # fail fast on an unknown or missing backend
     cfg = _config(args)
-    step_threads(cfg.batch_size)  # a bad MAKEMORE_THREADS fails here, before anything is written
-    warning = busy_warning(cfg.batch_size)
-    if warning:
-        print(warning, file=sys.stderr)
+    if args.backend == "numpy" or (args.backend == "torch" and args.fast):  # MAKEMORE_THREADS readers
+        step_threads(cfg.batch_size)  # a bad MAKEMORE_THREADS fails here, before anything is written
+        warning = busy_warning(cfg.batch_size)
+        if warning:
+            print(warning, file=sys.stderr)
     spec, data = _spec_and_data(args)
     out = Path(args.out or f"runs/{args.backend}-{args.preset}")
     print(f"{args.backend} {spec.name}: {num_params(spec):,} parameters, {spec.dtype}, "

@@ -227,6 +227,17 @@ def load_dataset(block_size: int, path: str | os.PathLike | None = None) -> Data
                    (tr, va, te))
 
 
+def check_targets(Y, n_examples: int, vocab_size: int) -> None:
+    """Raise ValueError unless Y holds one target id per example: shape (n_examples,), every id in
+    [0, vocab_size). Backends call it before their forward pass, so a bad Y changes nothing (a
+    train-mode forward updates the BatchNorm running stats); numpy indexing and optax would
+    otherwise broadcast a (B, 1) or (1,) Y into a wrong loss."""
+    Y = np.asarray(Y)
+    if Y.shape != (n_examples,):
+        raise ValueError(f"targets have shape {Y.shape}; need one per example, shape ({n_examples},)")
+    check_token_ids(Y, vocab_size)
+
+
 def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
     """Raise ValueError if any token id in `X` (int array, any shape) is outside [0, vocab_size),
     or, with `block_size`, if X is not (..., B, block_size) contexts.

@@ -67,6 +67,8 @@ class ModelSpec:
     last_layer_scale: float = 0.1
 
     def __post_init__(self):
+        # a list of layers would make the (frozen) spec unhashable; JAX keys compiled functions on it
+        object.__setattr__(self, "layers", tuple(self.layers))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.batchnorm.convention not in BN_CONVENTIONS:

@@ -144,3 +144,9 @@ def test_busy_warning_only_when_asked_for_threads_on_a_busy_machine(monkeypatch)
     assert threads.busy_warning(4096) is None                    # large batches: threads pay off
     monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.5, 0.5))
     assert threads.busy_warning(32) is None                      # quiet machine
+
+
+def test_spec_layers_are_always_a_tuple():
+    import dataclasses
+    spec = dataclasses.replace(get_spec("mlp"), layers=list(get_spec("mlp").layers))
+    assert isinstance(spec.layers, tuple) and hash(spec) == hash(get_spec("mlp"))
