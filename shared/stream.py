@@ -71,6 +71,8 @@ def sample_tokens(logits_fn, n: int, block_size: int, uniforms: np.ndarray) -> l
         n lists of token ids, each without the final end token 0 (a name cut at max_len has none).
     """
     max_len = uniforms.shape[1]
+    if n == 0:  # no forward at all: a (0, block_size) batch is not every framework's friend
+        return []
     ctx = np.zeros((n, block_size), dtype=np.int64)
     out = [[] for _ in range(n)]
     alive = np.ones(n, dtype=bool)

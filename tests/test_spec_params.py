@@ -150,3 +150,12 @@ def test_spec_layers_are_always_a_tuple():
     import dataclasses
     spec = dataclasses.replace(get_spec("mlp"), layers=list(get_spec("mlp").layers))
     assert isinstance(spec.layers, tuple) and hash(spec) == hash(get_spec("mlp"))
+
+
+def test_sampling_no_names_is_an_empty_list_on_every_backend():
+    from conftest import BACKENDS
+    from shared.registry import get_backend
+    for b in BACKENDS:
+        B = get_backend(b)
+        model = B.build_model(get_spec("mlp"))
+        assert B.sample(model, sampling_uniforms(0, 0)) == [], b
