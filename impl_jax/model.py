@@ -120,14 +120,9 @@ def _tokens(model: Sequential, X) -> np.ndarray:
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
-    # checked too: a target outside the vocab would give a silent NaN or a wrong loss under jit;
-    # with n (the number of contexts) the shape too (shared.data.check_targets)
-    Y = np.asarray(Y)
-    if n is None:
-        check_token_ids(Y, model.spec.vocab_size)
-    else:
-        check_targets(Y, n, model.spec.vocab_size)
-    return Y.astype(np.int32, copy=False)
+    # checked (shared.data.check_targets; with n, the number of contexts, the shape too): a target
+    # outside the vocab would give a silent NaN or a wrong loss under jit
+    return check_targets(Y, model.spec.vocab_size, n).astype(np.int32, copy=False)
 
 
 @nnx.jit

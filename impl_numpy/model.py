@@ -72,14 +72,9 @@ def _tokens(model: Sequential, X) -> np.ndarray:
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
-    # checked too: numpy's fancy indexing would wrap a negative target to the last class; with n
-    # (the number of contexts) the shape is checked as well (shared.data.check_targets)
-    Y = np.asarray(Y)
-    if n is None:
-        check_token_ids(Y, model.spec.vocab_size)
-    else:
-        check_targets(Y, n, model.spec.vocab_size)
-    return Y.astype(np.int64, copy=False)
+    # checked (shared.data.check_targets; with n, the number of contexts, the shape too): numpy's
+    # fancy indexing would wrap a negative target to the last class
+    return check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False)
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:

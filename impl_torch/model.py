@@ -70,14 +70,9 @@ def _tokens(model: Sequential, X) -> torch.Tensor:
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> torch.Tensor:
-    # checked here for a clear error (F.cross_entropy's IndexError names no fix); with n (the
-    # number of contexts) the shape too (shared.data.check_targets)
-    Y = np.asarray(Y)
-    if n is None:
-        check_token_ids(Y, model.spec.vocab_size)
-    else:
-        check_targets(Y, n, model.spec.vocab_size)
-    return torch.from_numpy(Y.astype(np.int64, copy=False))
+    # checked (shared.data.check_targets; with n, the number of contexts, the shape too) for a
+    # clear error: F.cross_entropy's IndexError names no fix
+    return torch.from_numpy(check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False))
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:

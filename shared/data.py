@@ -227,15 +227,20 @@ def load_dataset(block_size: int, path: str | os.PathLike | None = None) -> Data
                    (tr, va, te))
 
 
-def check_targets(Y, n_examples: int, vocab_size: int) -> None:
-    """Raise ValueError unless Y holds one target id per example: shape (n_examples,), every id in
-    [0, vocab_size). Backends call it before their forward pass, so a bad Y changes nothing (a
-    train-mode forward updates the BatchNorm running stats); numpy indexing and optax would
-    otherwise broadcast a (B, 1) or (1,) Y into a wrong loss."""
+def check_targets(Y, vocab_size: int, n_examples: int | None = None) -> np.ndarray:
+    """Y as an array, after checking that every id is in [0, vocab_size) and, with n_examples,
+    that there is one per example (shape (n_examples,)).
+
+    Backends call it before their forward pass, so a bad Y changes nothing (a train-mode forward
+    updates the BatchNorm running stats); numpy indexing and optax would otherwise broadcast a
+    (B, 1) or (1,) Y into a wrong loss, JAX would clamp a bad id and numpy wrap a negative one.
+    Raises ValueError saying which.
+    """
     Y = np.asarray(Y)
-    if Y.shape != (n_examples,):
+    if n_examples is not None and Y.shape != (n_examples,):
         raise ValueError(f"targets have shape {Y.shape}; need one per example, shape ({n_examples},)")
     check_token_ids(Y, vocab_size)
+    return Y
 
 
 def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
