@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from shared.data import check_step_batches
 from shared.stream import sample_tokens
 from shared.trainer import TrainConfig
 
@@ -140,8 +141,11 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
 
     Arguments: Xs (k, B, block_size) int, Ys (k, B) int. Returns the k losses, float64 (k,);
     the same as k calls of :func:`train_step`. Each new k compiles once.
+    Raises ValueError from shared.data.check_step_batches; the model is then unchanged.
     """
-    Xs = _tokens(model, Xs)
-    new_state, losses = opt.train_steps(opt.state, Xs, _targets(model, Ys))
+    Xs, Ys = check_step_batches(model.spec, Xs, Ys)
+    # int32 whether or not x64 is on: one jit signature (as _tokens/_targets)
+    Xs, Ys = Xs.astype(np.int32, copy=False), Ys.astype(np.int32, copy=False)
+    new_state, losses = opt.train_steps(opt.state, Xs, Ys)
     opt.write_back(new_state)
     return np.asarray(losses, dtype=np.float64)

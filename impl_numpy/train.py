@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from shared.data import check_token_ids
+from shared.data import check_step_batches
 from shared.stream import sample_tokens
 from shared.threads import step_threads
 from shared.trainer import TrainConfig, lr_at
@@ -24,8 +24,8 @@ _BLAS = ThreadpoolController()
 
 
 def warm_up_blas() -> None:
-    """Run one 512x512 float32 GEMM (about 270 MFLOP, about 10 ms), once per process (this
-    module runs it when imported).
+    """Run one 512x512 float32 GEMM (about 270 MFLOP, about 10 ms); this module runs it once,
+    when imported.
 
     Measured on the 2-core AMD EPYC this project is developed on: until a process has run one
     GEMM of about this size, numpy's OpenBLAS ran the step's small float32 products
@@ -36,14 +36,10 @@ def warm_up_blas() -> None:
     It took the plain numpy step from 2.9 to 2.4 ms (wavenet, batch 32). torch's MKL showed a
     smaller effect in a bare loop of GEMMs (1.7x) but none on torch's training steps.
     """
-    global _WARM
-    if not _WARM:
-        a = np.ones((512, 512), dtype=np.float32)
-        a @ a
-        _WARM = True
+    a = np.ones((512, 512), dtype=np.float32)
+    a @ a
 
 
-_WARM = False
 warm_up_blas()  # at import: every numpy path (train, fast, evaluate, sample, forward) gets it
 
 
@@ -149,7 +145,7 @@ class FusedStep:
 
     def __init__(self, model, batch_size: int):
         spec = model.spec
-        self.model, self.B = model, batch_size
+        self.model = model
         self.conv = spec.batchnorm.convention
         dt = model[0].weight.dtype
         rows, width = batch_size * spec.block_size, None
@@ -169,7 +165,7 @@ class FusedStep:
                 width = l.fan_out
             elif l.kind == "batchnorm":
                 b.update(xhat=E(rows, width), out=E(rows, width), tmp=E(rows, width), dx=E(rows, width),
-                         mean=E(width), sq=E(width), var=E(width), inv_std=E(width), g=E(width),
+                         mean=E(width), sq=E(width), inv_std=E(width), g=E(width),
                          gb=E(width), n=rows, d=rows - 1 if self.conv == "lecture" else rows)
             elif l.kind == "tanh":
                 b.update(out=E(rows, width), dx=E(rows, width))
@@ -271,15 +267,10 @@ def fast_train_steps(model, opt: SGD, Xs, Ys) -> np.ndarray:
     count (and so the lr schedule) advances by k.
 
     Raises:
-        ValueError: token ids out of range (shared.data.check_token_ids), mismatched shapes, or a
-            batch too small for BatchNorm (ModelSpec.check_train_batch); the model is unchanged.
+        ValueError: from shared.data.check_step_batches (token ids out of range, mismatched
+            shapes, a batch too small for BatchNorm); the model is unchanged.
     """
-    Xs, Ys = np.asarray(Xs), np.asarray(Ys)
-    if Xs.ndim != 3 or Ys.shape != Xs.shape[:2]:
-        raise ValueError(f"need Xs (k, B, block_size) and Ys (k, B); got {Xs.shape} and {Ys.shape}")
-    model.spec.check_train_batch(Xs.shape[1])  # before anything changes (train_step: in the layer)
-    check_token_ids(Xs, model.spec.vocab_size, model.spec.block_size)
-    check_token_ids(Ys, model.spec.vocab_size)
+    Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
     Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
     losses = np.empty(len(Xs), dtype=np.float64)
     model.train()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shared.data import check_step_batches
 from shared.stream import sample_tokens
 from shared.threads import step_threads
 from shared.trainer import TrainConfig, lr_at
@@ -195,17 +196,14 @@ def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
         (k,) float64 losses. The model's parameters and running stats and the scheduler's step
         count advance exactly as after k train_step calls (the lr of step i is lr_at(step i)).
     Raises:
-        ValueError: token ids out of range (shared.data.check_token_ids), mismatched shapes, or a
-            batch too small for BatchNorm (ModelSpec.check_train_batch); the model is unchanged.
+        ValueError: from shared.data.check_step_batches (token ids out of range, mismatched
+            shapes, a batch too small for BatchNorm); the model is unchanged.
     """
     optimizer, scheduler = opt
-    Xs, Ys = np.asarray(Xs), np.asarray(Ys)
-    if Xs.ndim != 3 or Ys.shape != Xs.shape[:2]:
-        raise ValueError(f"need Xs (k, B, block_size) and Ys (k, B); got {Xs.shape} and {Ys.shape}")
-    model.spec.check_train_batch(Xs.shape[1])  # before anything changes (train_step: in the layer)
+    Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
     k = len(Xs)
-    X = _tokens(model, Xs.reshape(-1, Xs.shape[-1])).reshape(Xs.shape)
-    Y = _targets(model, Ys)
+    X = torch.from_numpy(Xs.astype(np.int64, copy=False))
+    Y = torch.from_numpy(Ys.astype(np.int64, copy=False))
     fn, kinds, layers, params, buffers = _fused_for(model, compile)
     bn = model.spec.batchnorm
     dtype = next(model.parameters()).dtype

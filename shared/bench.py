@@ -41,6 +41,7 @@ from pathlib import Path
 from .flops import floor_ratio, floor_seconds
 from .registry import available_backends
 from .threads import ENV as THREADS_ENV
+from .threads import available_cores
 from .report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +51,6 @@ BENCH_DIR = ROOT / "bench"
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 25)}
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                   "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity: taskset, cgroups), not os.cpu_count()."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Group:

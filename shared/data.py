@@ -243,6 +243,20 @@ def check_targets(Y, vocab_size: int, n_examples: int | None = None) -> np.ndarr
     return Y
 
 
+def check_step_batches(spec, Xs, Ys) -> tuple[np.ndarray, np.ndarray]:
+    """(Xs, Ys) as arrays, after the checks every backend's fast_train_steps needs before it
+    changes anything: Xs (k, B, block_size) and Ys (k, B) token ids inside spec's vocab, and B
+    large enough for a train-mode step (spec.check_train_batch: BatchNorm needs 2 values per
+    channel). Raises ValueError saying which."""
+    Xs, Ys = np.asarray(Xs), np.asarray(Ys)
+    if Xs.ndim != 3 or Ys.shape != Xs.shape[:2]:
+        raise ValueError(f"need Xs (k, B, block_size) and Ys (k, B); got {Xs.shape} and {Ys.shape}")
+    spec.check_train_batch(Xs.shape[1])
+    check_token_ids(Xs, spec.vocab_size, spec.block_size)
+    check_token_ids(Ys, spec.vocab_size)
+    return Xs, Ys
+
+
 def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
     """Raise ValueError if any token id in `X` (int array, any shape) is outside [0, vocab_size),
     or, with `block_size`, if X is not (..., B, block_size) contexts.

@@ -15,6 +15,11 @@ SMALL_BATCH = 64  # batches up to this size run on one thread unless MAKEMORE_TH
 ENV = "MAKEMORE_THREADS"
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: taskset, cgroups), not os.cpu_count()."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def step_threads(batch_size: int) -> int | None:
     """Threads for a step on `batch_size` examples: MAKEMORE_THREADS (a positive int) when set,
     else 1 for batch_size <= SMALL_BATCH and None (leave the library's setting) above.
@@ -43,7 +48,7 @@ def busy_warning(batch_size: int) -> str | None:
     n = step_threads(batch_size)
     if not n or n < 2 or batch_size > SMALL_BATCH or not hasattr(os, "getloadavg"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     load = os.getloadavg()[0]
     if load <= cores - 1:
         return None
