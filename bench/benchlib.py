@@ -35,7 +35,7 @@ def spec_for(preset: str, dtype: str):
 
 
 def threads() -> str:
-    """The thread setting `shared.bench` gave this process ('default' when run by hand)."""
+    """The thread setting `makemore.bench` gave this process ('default' when run by hand)."""
     return os.environ.get("MAKEMORE_BENCH_THREADS", "default")
 
 

@@ -1,7 +1,7 @@
 """pytest-benchmark suites for makemore-ports (run by `makemore bench` / `make bench`, or directly:
 `pytest bench --benchmark-json=out.json [--mm-backends torch --mm-batches 32 ...]`).
 
-Every benchmark records what `shared.bench` needs to build its table in `extra_info` (kind,
+Every benchmark records what `makemore.bench` needs to build its table in `extra_info` (kind,
 backend, path, preset, batch_size, dtype, steps_per_call, flops, first_call_s, threads), so the
 raw JSON alone is enough to rebuild the report. The peak RSS of the process is added to the JSON
 as `peak_rss_mb` at the end of the session.
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench run from anywhere still imports the project
 
 from benchlib import threads  # noqa: E402
-from shared.registry import BackendError, available_backends, get_backend  # noqa: E402
+from makemore.registry import BackendError, available_backends, get_backend  # noqa: E402
 
 def pytest_addoption(parser):
     g = parser.getgroup("makemore bench")

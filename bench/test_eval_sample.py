@@ -2,7 +2,7 @@
 (names/s, eval-mode logits and the shared uniforms) per backend, float32."""
 from shared.flops import forward_flops
 from shared.params import init_params
-from shared.registry import get_backend
+from makemore.registry import get_backend
 from shared.stream import sampling_uniforms, seed_streams
 
 from benchlib import run_benchmark, spec_for

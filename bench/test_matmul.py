@@ -1,5 +1,5 @@
 """The machine's float32 matmul rate: one (2048, 2048) @ (2048, 2048) product with numpy, torch and
-XLA (whichever are installed; lib is parametrized in conftest.py). shared.bench takes the best
+XLA (whichever are installed; lib is parametrized in conftest.py). makemore.bench takes the best
 as the FLOP floor's rate; the process uses every core (no thread limit)."""
 import numpy as np
 

@@ -16,7 +16,7 @@ reduction over each output (under 1% of the work).
 import numpy as np
 
 from shared.flops import linear_shapes, train_step_flops
-from shared.registry import get_backend
+from makemore.registry import get_backend
 
 from benchlib import run_benchmark, spec_for
 

@@ -11,9 +11,9 @@ import pytest
 
 from shared.flops import train_step_flops
 from shared.params import init_params
-from shared.registry import get_backend
+from makemore.registry import get_backend
 from shared.stream import BatchStream, seed_streams
-from shared.trainer import TrainConfig
+from shared.config import TrainConfig
 
 from benchlib import STEPS_PER_CALL, run_benchmark, spec_for
 
@@ -27,7 +27,7 @@ def test_train_step(benchmark, request, backend, path, train_cfg):
     k = request.config.getoption("--mm-steps") or STEPS_PER_CALL.get(batch, 10)
     model = B.build_model(spec)
     B.load_params(model, init_params(spec, seed_streams(42)[0]))
-    opt = B.make_optimizer(model, TrainConfig(steps=10 ** 9))  # lr stays 0.1
+    opt = B.Optimizer(model, TrainConfig(steps=10 ** 9))  # lr stays 0.1
     Xtr, Ytr = data.train
     ix = BatchStream(42, len(Xtr), batch).take(k)
     Xs, Ys = Xtr[ix], Ytr[ix]

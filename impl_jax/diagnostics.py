@@ -5,9 +5,10 @@ respect to the activation). `nnx.capture` collects both inside one jitted step. 
 and no mutable autograd graph to attach them to: the module itself offers the values.
 
 Source: Karpathy, "Building makemore Part 3: Activations & Gradients, BatchNorm"
-(makemore_part3_bn.ipynb, "diagnostic tools" from 1:18:30); Flax guide "Extracting intermediate
+(makemore_part3_bn.ipynb, "PyTorch-ifying the code" from 1:18:35, visualisations from
+1:26:51); Flax guide "Extracting intermediate
 values" and the docstrings of `nnx.Module.sow`, `nnx.Module.perturb` and `nnx.capture`
-(flax 0.12). Statistics and plots are framework-free: shared/diagnose.py.
+(flax 0.12). Statistics and plots are framework-free: makemore/diagnose.py.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from .layers import Tanh
-from .model import _fields, _targets, _tokens, cross_entropy
+from .model import _flax_fields, _targets, _tokens, cross_entropy
 
 
 def tanh_layers(model) -> list[int]:
@@ -73,7 +74,7 @@ def collect(model, X, Y) -> dict:
         {"loss": float, "activations": {i: Tanh output ndarray}, "activation_grads": {i: d loss /
         d Tanh output}, "grads": {canonical name: gradient ndarray (canonical layout)}}.
     Raises:
-        ValueError from shared.data.check_token_ids for out-of-range token ids.
+        ValueError from shared.checks.check_token_ids for out-of-range token ids.
     """
     model.train()
     with record_tanh(model) as rec:
@@ -83,7 +84,7 @@ def collect(model, X, Y) -> dict:
         for path, v in nnx.to_flat_state(act_grads):
             rec["activation_grads"][path[1]] = np.array(v[...])
     flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
-    grads = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _fields(model.spec).items()
+    grads = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _flax_fields(model.spec).items()
              if (i, f) in flat}
     return {"loss": float(loss), "activations": rec["activations"],
             "activation_grads": rec["activation_grads"], "grads": grads}

@@ -16,7 +16,7 @@ Embedding = nnx.Embed
 
 class FlattenConsecutive(nnx.Module):
     """Merge `n` consecutive positions: (B, T, C) -> (B, T//n, C*n); squeezed to (B, C*n) when
-    T//n == 1. Lecture Part 5 at 38:50 ("FlattenConsecutive"). Raises ValueError if n does not
+    T//n == 1. Lecture Part 5 at 21:36 ("implementing WaveNet"). Raises ValueError if n does not
     divide T (shapes are static under jit, so this raises at trace time)."""
 
     def __init__(self, n: int):
@@ -39,9 +39,10 @@ Linear = nnx.Linear
 class BatchNorm1d(nnx.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
-    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 46:00 (3-D input:
+    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 38:50
+    ("fixing batchnorm1d bug": 3-D input,
     reduce over dims (0, 1)). Parameters gamma, beta (C,) are nnx.Param; running_mean, running_var
-    (C,) are nnx.BatchStat (state the optimizer does not touch). `convention` (DESIGN.md):
+    (C,) are nnx.BatchStat (state the optimizer does not touch). `convention` (docs/design.md):
     'lecture' normalises with the unbiased variance and keeps it; 'torch' normalises with the
     biased one, keeps the unbiased one; 'flax' uses the biased one for both.
     running = (1 - momentum) * running + momentum * batch (torch's meaning: nnx.BatchNorm's

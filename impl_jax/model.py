@@ -8,17 +8,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shared.data import check_targets, check_token_ids
+from shared.checks import Float64Unavailable, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
 from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
-
-
-class Float64Unavailable(RuntimeError):
-    """A float64 model was asked for but JAX cannot give float64 arrays here."""
 
 
 def _enable_dtype(dtype: str) -> None:
@@ -81,7 +77,7 @@ def build_model(spec: ModelSpec) -> Sequential:
     return model
 
 
-def _fields(spec: ModelSpec) -> dict[str, tuple[int, str]]:
+def _flax_fields(spec: ModelSpec) -> dict[str, tuple[int, str]]:
     # canonical name -> (layer index, nnx field): Flax calls Embed's table `embedding` and
     # Linear's weight `kernel`; both are already in the canonical layout (torch transposes).
     out = {}
@@ -94,22 +90,26 @@ def _fields(spec: ModelSpec) -> dict[str, tuple[int, str]]:
     return out
 
 
+def _canonical(model: Sequential) -> dict[str, nnx.Variable]:
+    # canonical name -> the layer's own nnx Variable (Param or BatchStat)
+    return {name: getattr(model.layers[i], f) for name, (i, f) in _flax_fields(model.spec).items()}
+
+
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model's nnx Variables.
 
     Raises shared.params.ParamError naming the tensor that does not fit.
     """
-    spec = model.spec
-    check_params(spec, params)
-    for name, (i, f) in _fields(spec).items():
+    check_params(model.spec, params)
+    for name, var in _canonical(model).items():
         # set_value replaces the array (shape and dtype checked above); `var[...] = a` would
         # compile a scatter into the old one for every shape
-        getattr(model.layers[i], f).set_value(jnp.asarray(params[name], dtype=DTYPES[spec.dtype]))
+        var.set_value(jnp.asarray(params[name], dtype=DTYPES[model.spec.dtype]))
 
 
 def export_params(model: Sequential) -> dict[str, np.ndarray]:
     """Canonical parameters (numpy copies), running stats included, in spec order."""
-    return {name: np.array(getattr(model.layers[i], f)[...]) for name, (i, f) in _fields(model.spec).items()}
+    return {name: np.array(var[...]) for name, var in _canonical(model).items()}
 
 
 def _tokens(model: Sequential, X) -> np.ndarray:
@@ -120,7 +120,7 @@ def _tokens(model: Sequential, X) -> np.ndarray:
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
-    # checked (shared.data.check_targets; with n, the number of contexts, the shape too): a target
+    # checked (shared.checks.check_targets; with n, the number of contexts, the shape too): a target
     # outside the vocab would give a silent NaN or a wrong loss under jit
     return check_targets(Y, model.spec.vocab_size, n).astype(np.int32, copy=False)
 
@@ -171,6 +171,6 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     X = _tokens(model, X)
     loss, grads = _loss_and_grads(model, X, _targets(model, Y, len(X)))
     flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
-    out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _fields(model.spec).items()
+    out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _flax_fields(model.spec).items()
            if (i, f) in flat}
     return float(loss), out

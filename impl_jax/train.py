@@ -1,6 +1,8 @@
-"""Training, evaluation and sampling the JAX way: optax.sgd with the piecewise-constant step schedule held
-by an nnx.Optimizer, one pure step function jitted (and scanned for the fast path) over the state
-split from the model once, model.train()/model.eval() for the mode.
+"""Training, evaluation and sampling the JAX way: optax.sgd with the lecture's step schedule held
+by an nnx.Optimizer, one pure step function jitted over the state split from the model once,
+model.train()/model.eval() for the mode.
+
+The plain path a learner reads; the fastest honest path is fast.py.
 
 Sources: Flax guide "Performance considerations" (split the graph once, jax.jit over the state,
 https://flax.readthedocs.io/en/latest/guides/performance.html); optax docs for
@@ -8,7 +10,7 @@ https://flax.readthedocs.io/en/latest/guides/performance.html); optax docs for
 """
 from __future__ import annotations
 
-import collections
+import contextlib
 from functools import partial
 
 import jax
@@ -16,15 +18,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shared.data import check_step_batches
 from shared.stream import sample_tokens
-from shared.trainer import TrainConfig
+from shared.config import TrainConfig
 
 from .model import _targets, _tokens, cross_entropy
 
-# How often each jitted function was traced (a Python side effect runs only while tracing):
-# the tests use it to prove a run compiles its train step once.
-TRACES: collections.Counter = collections.Counter()
+@contextlib.contextmanager
+def threads_for(batch_size: int):
+    """numpy and torch set their threads per step (shared.threads.step_threads); XLA's CPU thread
+    pool is fixed when the process starts (XLA_FLAGS), so there is nothing to set here."""
+    yield
 
 
 class Optimizer:
@@ -34,6 +37,7 @@ class Optimizer:
     moving through the schedule never retraces.
 
     Attributes:
+        t: steps taken (int), read from the optax state; the schedule's position.
         optimizer: nnx.Optimizer(model, optax.sgd(schedule), wrt=nnx.Param).
         schedule: step (int) -> learning rate, as optax computes it.
     """
@@ -52,20 +56,23 @@ class Optimizer:
         self.variables = jax.tree.leaves(self.state, is_leaf=lambda x: isinstance(x, nnx.Variable))
         # The graphdef is closed over, not a static argument: jit would hash it on every call
         # (about 0.5 ms for this model). A new Optimizer (a new run) compiles once.
-        self.train_step = jax.jit(partial(_train_step, self.graphdef))
-        self.train_steps = jax.jit(partial(_train_steps, self.graphdef))
+        self.train_step = jax.jit(partial(_step, self.graphdef))
+
+    @property
+    def t(self) -> int:
+        """Steps taken (the nnx.Optimizer's step counter)."""
+        return int(self.optimizer.step[...])
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step, as optax computes it."""
+        return float(self.schedule(self.t))
 
     def write_back(self, new_state) -> None:
         """Store the arrays of a new state (same tree as `self.state`) into the live Variables,
         so the model (and export_params) sees them."""
         for var, value in zip(self.variables, jax.tree.leaves(new_state)):
             var.set_raw_value(value)  # plain arrays: skips set_value's tree_map (4x faster)
-
-
-def make_optimizer(model, cfg: TrainConfig) -> Optimizer:
-    """optax.sgd with the lecture's step schedule (cfg.lr, then exactly cfg.lr_final from
-    cfg.decay_step) in an nnx.Optimizer over the model's nnx.Param; see :class:`Optimizer`."""
-    return Optimizer(model, cfg)
 
 
 def _step(graphdef, state, X, Y):
@@ -76,13 +83,12 @@ def _step(graphdef, state, X, Y):
     return nnx.state((model, optimizer)), loss
 
 
-def _train_step(graphdef, state, X, Y):
-    TRACES["train_step"] += 1
-    return _step(graphdef, state, X, Y)
-
-
 def train_step(model, opt: Optimizer, X, Y) -> float:
-    """One SGD step on a minibatch (X (B, block_size) int, Y (B,) int); returns the loss."""
+    """One SGD step on a minibatch (X (B, block_size) int, Y (B,) int); returns the loss.
+
+    Raises ValueError (token ids, target shape, a batch too small for BatchNorm) before any
+    state changes."""
+    model.spec.check_train_batch(len(X))
     X = _tokens(model, X)
     new_state, loss = opt.train_step(opt.state, X, _targets(model, Y, len(X)))
     opt.write_back(new_state)
@@ -91,7 +97,6 @@ def train_step(model, opt: Optimizer, X, Y) -> float:
 
 @nnx.jit
 def _evaluate(model, X, Y):
-    TRACES["evaluate"] += 1
     return cross_entropy(model(X), Y)
 
 
@@ -111,7 +116,6 @@ _EVAL_FORWARDS: dict = {}
 
 
 def _apply(graphdef, state, X):
-    TRACES["sample_forward"] += 1
     return nnx.merge(graphdef, state)(X)
 
 
@@ -129,23 +133,3 @@ def sample(model, uniforms: np.ndarray) -> list[list[int]]:
     finally:
         model.train()
     return out
-
-
-def _train_steps(graphdef, state, Xs, Ys):
-    TRACES["train_steps"] += 1
-    return jax.lax.scan(lambda s, xy: _step(graphdef, s, *xy), state, (Xs, Ys))
-
-
-def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
-    """k SGD steps fused into one jitted jax.lax.scan (no Python between steps).
-
-    Arguments: Xs (k, B, block_size) int, Ys (k, B) int. Returns the k losses, float64 (k,);
-    the same as k calls of :func:`train_step`. Each new k compiles once.
-    Raises ValueError from shared.data.check_step_batches; the model is then unchanged.
-    """
-    Xs, Ys = check_step_batches(model.spec, Xs, Ys)
-    # int32 whether or not x64 is on: one jit signature (as _tokens/_targets)
-    Xs, Ys = Xs.astype(np.int32, copy=False), Ys.astype(np.int32, copy=False)
-    new_state, losses = opt.train_steps(opt.state, Xs, Ys)
-    opt.write_back(new_state)
-    return np.asarray(losses, dtype=np.float64)

@@ -3,9 +3,10 @@ layers already hold what the diagnostics need. Every Tanh keeps `self.out` after
 `self.dout` (d loss / d out) after backward; we read them.
 
 Source: Karpathy, "Building makemore Part 3: Activations & Gradients, BatchNorm"
-(makemore_part3_bn.ipynb, "diagnostic tools" from 1:18:30), where the layers keep `self.out` and
+(makemore_part3_bn.ipynb, "PyTorch-ifying the code" from 1:18:35, visualisations from
+1:26:51), where the layers keep `self.out` and
 `out.retain_grad()`; here `.dout` is what the hand-written backward (Part 4) computes anyway.
-Statistics and plots are framework-free: shared/diagnose.py.
+Statistics and plots are framework-free: makemore/diagnose.py.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def collect(model, X, Y) -> dict:
         {"loss": float, "activations": {i: Tanh output ndarray}, "activation_grads": {i: d loss /
         d Tanh output}, "grads": {canonical name: gradient ndarray (canonical layout)}}.
     Raises:
-        ValueError from shared.data.check_token_ids for out-of-range token ids.
+        ValueError from shared.checks.check_token_ids for out-of-range token ids.
     """
     with record_tanh(model) as rec:
         loss, grads = loss_and_grads(model, X, Y)  # the model's own step, unchanged

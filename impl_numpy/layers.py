@@ -2,8 +2,8 @@
 
 Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb) for
 the forward passes, and "Building makemore Part 4: Becoming a Backprop Ninja"
-(makemore_part4_backprop.ipynb) for the backward passes (exercise 1 at 25:00 derives them one
-tensor at a time, exercise 3 at 1:26:00 the closed-form BatchNorm backward).
+(makemore_part4_backprop.ipynb) for the backward passes (exercise 1 at 13:01 derives them one
+tensor at a time, exercise 3 at 1:36:37 the closed-form BatchNorm backward).
 Shapes: B batch, T positions, C channels. Every array stays in the dtype of the parameters.
 
 Where torch has autograd, every layer here keeps what its backward needs:
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 
-class Layer:
+class _Layer:
     """Common state of a numpy layer (torch gets this from nn.Module)."""
 
     def __init__(self):
@@ -44,10 +44,10 @@ class Layer:
 
 
 # torch ships Embedding; here it is a table lookup forward and a scatter-add backward.
-class Embedding(Layer):
+class Embedding(_Layer):
     """Lookup table: int ids (B, T) -> (B, T, C) rows of weight (num_embeddings, C).
 
-    Backward (Part 4 at 1:13:00, `dC`): every occurrence of token id i adds its upstream gradient
+    Backward (Part 4 exercise 1, `dC`): every occurrence of token id i adds its upstream gradient
     to row i. `np.add.at` is unbuffered, so repeated ids (token 0 pads almost every context)
     accumulate; `dW[X] += dout` would keep only the last one.
     """
@@ -73,9 +73,9 @@ class Embedding(Layer):
         return None
 
 
-class FlattenConsecutive(Layer):
+class FlattenConsecutive(_Layer):
     """Merge `n` consecutive positions: (B, T, C) -> (B, T//n, C*n); squeezed to (B, C*n) when
-    T//n == 1. Lecture Part 5 at 38:50 ("FlattenConsecutive"). Raises ValueError if n does not
+    T//n == 1. Lecture Part 5 at 21:36 ("implementing WaveNet"). Raises ValueError if n does not
     divide T. Backward: a reshape back to the input's shape (a view, no arithmetic)."""
 
     def __init__(self, n: int):
@@ -100,10 +100,10 @@ class FlattenConsecutive(Layer):
 
 
 # Weight kept as (fan_in, fan_out) as in the lecture (torch stores (fan_out, fan_in)).
-class Linear(Layer):
+class Linear(_Layer):
     """y = x @ W + b for x (B, fan_in) or (B, T, fan_in); W (fan_in, fan_out), b (fan_out,).
 
-    Backward (Part 4 at 1:04:00, "dh = dlogits @ W2.T, dW2 = h.T @ dlogits, db2 = dlogits.sum(0)"):
+    Backward (Part 4 exercise 1, "dh = dlogits @ W2.T, dW2 = h.T @ dlogits, db2 = dlogits.sum(0)"):
     3-D input is flattened to (B*T, fan_in) for dW, and db sums over every axis but the last.
     """
 
@@ -135,16 +135,17 @@ class Linear(Layer):
         return (d2 @ self.weight.T).reshape(*dout.shape[:-1], fan_in)
 
 
-class BatchNorm1d(Layer):
+class BatchNorm1d(_Layer):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
-    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 46:00 (3-D input:
+    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 38:50
+    ("fixing batchnorm1d bug": 3-D input,
     reduce over dims (0, 1)). Parameters gamma, beta (C,); buffers running_mean, running_var (C,).
-    `convention` (DESIGN.md): 'lecture' normalises with the unbiased variance and keeps it;
+    `convention` (docs/design.md): 'lecture' normalises with the unbiased variance and keeps it;
     'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
     the biased one for both. running = (1 - momentum) * running + momentum * batch.
 
-    Backward: the closed form of Part 4 exercise 3 (1:26:00), generalised to a divisor d of the
+    Backward: the closed form of Part 4 exercise 3 (1:36:37), generalised to a divisor d of the
     variance (d = n - 1 unbiased, d = n biased) and n = B or B*T reduced elements:
         dx = inv_std / n * (n * dxhat - sum(dxhat) - (n / d) * xhat * sum(dxhat * xhat)),
     dxhat = gamma * dout, sums over the reduced axes. (The lecture's n/(n-1) is the d = n-1 case.)
@@ -208,8 +209,8 @@ class BatchNorm1d(Layer):
 
 
 # torch ships Tanh and Sequential; here they are written out.
-class Tanh(Layer):
-    """Elementwise tanh, any shape. Backward (Part 4 at 40:00): dx = (1 - out**2) * dout."""
+class Tanh(_Layer):
+    """Elementwise tanh, any shape. Backward (Part 4 exercise 1): dx = (1 - out**2) * dout."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.out = np.tanh(x)
@@ -220,14 +221,14 @@ class Tanh(Layer):
         return (1.0 - self.out * self.out) * dout
 
 
-class Sequential(Layer):
+class Sequential(_Layer):
     """Layers applied in order (index = canonical layer index); backward runs them in reverse."""
 
-    def __init__(self, *layers: Layer):
+    def __init__(self, *layers: _Layer):
         super().__init__()
         self.layers = list(layers)
 
-    def __getitem__(self, i: int) -> Layer:
+    def __getitem__(self, i: int) -> _Layer:
         return self.layers[i]
 
     def __iter__(self):

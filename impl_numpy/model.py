@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.data import check_targets, check_token_ids
+from shared.checks import check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -39,13 +39,11 @@ def build_model(spec: ModelSpec) -> Sequential:
     return model
 
 
-def _state(model: Sequential) -> dict[str, np.ndarray]:
-    # numpy keeps Linear weights as (fan_in, fan_out): the canonical layout, nothing to transpose.
-    sd = {}
-    for i, l in enumerate(model):
-        for k, v in (l.parameters() | l.buffers()).items():
-            sd[f"{i}.{k}"] = v
-    return sd
+def _canonical(model: Sequential) -> dict[str, np.ndarray]:
+    # canonical name -> the layer's own array: numpy keeps Linear weights as (fan_in, fan_out),
+    # the canonical layout, so nothing is transposed (torch transposes).
+    sd = {f"{i}.{k}": v for i, l in enumerate(model) for k, v in (l.parameters() | l.buffers()).items()}
+    return {name: sd[name] for name in param_shapes(model.spec)}
 
 
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
@@ -54,15 +52,13 @@ def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     Raises shared.params.ParamError naming the tensor that does not fit.
     """
     check_params(model.spec, params)
-    sd = _state(model)
-    for k, v in params.items():
-        sd[k][...] = v
+    for name, a in _canonical(model).items():
+        a[...] = params[name]
 
 
 def export_params(model: Sequential) -> dict[str, np.ndarray]:
-    """Canonical parameters (copies), running stats included, in spec order."""
-    sd = _state(model)
-    return {k: sd[k].copy() for k in param_shapes(model.spec)}
+    """Canonical parameters (numpy copies), running stats included, in spec order."""
+    return {name: a.copy() for name, a in _canonical(model).items()}
 
 
 def _tokens(model: Sequential, X) -> np.ndarray:
@@ -72,7 +68,7 @@ def _tokens(model: Sequential, X) -> np.ndarray:
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
-    # checked (shared.data.check_targets; with n, the number of contexts, the shape too): numpy's
+    # checked (shared.checks.check_targets; with n, the number of contexts, the shape too): numpy's
     # fancy indexing would wrap a negative target to the last class
     return check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False)
 
@@ -95,7 +91,7 @@ def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]
 def cross_entropy(logits: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of logits (B, V) against targets Y (B,) int, and dloss/dlogits (B, V).
 
-    Lecture Part 4 exercise 2 (1:17:00): dlogits = (softmax(logits) - onehot(Y)) / B.
+    Lecture Part 4 exercise 2 (1:26:31): dlogits = (softmax(logits) - onehot(Y)) / B.
     The log-softmax subtracts the row max first (as F.cross_entropy) so exp cannot overflow.
     Returns (loss as a Python float, dlogits in the logits' dtype).
     Raises ValueError if Y is not of shape (B,).

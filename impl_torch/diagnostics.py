@@ -3,10 +3,11 @@ tensor hook on each output records its gradient during backward. Nothing in the 
 hooks are attached and removed by a context manager.
 
 Source: Karpathy, "Building makemore Part 3: Activations & Gradients, BatchNorm"
-(makemore_part3_bn.ipynb, "diagnostic tools" from 1:18:30), where the layers keep `self.out` and
+(makemore_part3_bn.ipynb, "PyTorch-ifying the code" from 1:18:35, visualisations from
+1:26:51), where the layers keep `self.out` and
 `out.retain_grad()`; with torch.nn modules the idiomatic equivalent is
 `nn.Module.register_forward_hook` + `Tensor.register_hook` (PyTorch docs, "Module hooks",
-"Tensor.register_hook"). Statistics and plots are framework-free: shared/diagnose.py.
+"Tensor.register_hook"). Statistics and plots are framework-free: makemore/diagnose.py.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def collect(model, X, Y) -> dict:
         {"loss": float, "activations": {i: Tanh output ndarray}, "activation_grads": {i: d loss /
         d Tanh output}, "grads": {canonical name: gradient ndarray (canonical layout)}}.
     Raises:
-        ValueError from shared.data.check_token_ids for out-of-range token ids.
+        ValueError from shared.checks.check_token_ids for out-of-range token ids.
     """
     with record_tanh(model) as rec:
         loss, grads = loss_and_grads(model, X, Y)  # the model's own step, unchanged

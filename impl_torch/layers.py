@@ -14,7 +14,7 @@ Embedding = nn.Embedding
 
 class FlattenConsecutive(nn.Module):
     """Merge `n` consecutive positions: (B, T, C) -> (B, T//n, C*n); squeezed to (B, C*n) when
-    T//n == 1. Lecture Part 5 at 38:50 ("FlattenConsecutive"). Raises ValueError if n does not
+    T//n == 1. Lecture Part 5 at 21:36 ("implementing WaveNet"). Raises ValueError if n does not
     divide T."""
 
     def __init__(self, n: int):
@@ -41,9 +41,10 @@ Linear = nn.Linear
 class BatchNorm1d(nn.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
-    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 46:00 (3-D input:
+    Ioffe & Szegedy 2015; lecture Part 3 (makemore_part3_bn) and Part 5 at 38:50
+    ("fixing batchnorm1d bug": 3-D input,
     reduce over dims (0, 1)). Parameters gamma, beta (C,); buffers running_mean, running_var (C,).
-    `convention` (DESIGN.md): 'lecture' normalises with the unbiased variance and keeps it;
+    `convention` (docs/design.md): 'lecture' normalises with the unbiased variance and keeps it;
     'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
     the biased one for both. running = (1 - momentum) * running + momentum * batch.
     """

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.data import check_targets, check_token_ids
+from shared.checks import check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -40,27 +40,29 @@ def build_model(spec: ModelSpec) -> Sequential:
     return model
 
 
-def _transposed(spec: ModelSpec) -> set[str]:
-    # torch keeps Linear weights as (fan_out, fan_in); the canonical layout is (fan_in, fan_out).
-    return {f"{i}.weight" for i, l in enumerate(spec.layers) if l.kind == "linear"}
+def _canonical(model: Sequential) -> dict[str, tuple[torch.Tensor, bool]]:
+    # canonical name -> (the module's own tensor, transposed?): the state_dict keys are the
+    # canonical names already, but torch keeps Linear weights as (fan_out, fan_in).
+    sd = model.state_dict(keep_vars=True)
+    return {name: (sd[name], model.spec.layers[int(name.split(".")[0])].kind == "linear"
+                   and name.endswith(".weight")) for name in param_shapes(model.spec)}
 
 
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model.
 
-    Raises shared.params.ParamError naming the tensor that does not fit.
+    Raises shared.params.ParamError naming the tensor that does not fit (the model unchanged).
     """
     check_params(model.spec, params)
-    tr = _transposed(model.spec)
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v.T if k in tr else v)) for k, v in params.items()}
-    model.load_state_dict(sd, strict=True)
+    with torch.no_grad():
+        for name, (t, transposed) in _canonical(model).items():
+            t.copy_(torch.from_numpy(params[name].T if transposed else params[name]))
 
 
 def export_params(model: Sequential) -> dict[str, np.ndarray]:
-    """Canonical parameters (copies), running stats included, in spec order."""
-    tr = _transposed(model.spec)
-    sd = model.state_dict()
-    return {k: (sd[k].T if k in tr else sd[k]).detach().numpy().copy() for k in param_shapes(model.spec)}
+    """Canonical parameters (numpy copies), running stats included, in spec order."""
+    return {name: (t.T if transposed else t).detach().numpy().copy()
+            for name, (t, transposed) in _canonical(model).items()}
 
 
 def _tokens(model: Sequential, X) -> torch.Tensor:
@@ -70,7 +72,7 @@ def _tokens(model: Sequential, X) -> torch.Tensor:
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> torch.Tensor:
-    # checked (shared.data.check_targets; with n, the number of contexts, the shape too) for a
+    # checked (shared.checks.check_targets; with n, the number of contexts, the shape too) for a
     # clear error: F.cross_entropy's IndexError names no fix
     return torch.from_numpy(check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False))
 
@@ -94,6 +96,17 @@ def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]
     return outs
 
 
+# numpy writes out the softmax-cross-entropy backward; torch's autograd differentiates this.
+def cross_entropy(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, vocab_size) float against targets Y (B,) int64, a 0-d
+    tensor on the autograd graph (F.cross_entropy; lecture Part 2 at 32:49 replaces the manual
+    softmax/log/mean with it). Raises ValueError for targets that are not of shape (B,)."""
+    if Y.shape != logits.shape[:1]:
+        raise ValueError(f"targets have shape {tuple(Y.shape)}; need one per example, shape "
+                         f"({logits.shape[0]},)")
+    return F.cross_entropy(logits, Y)
+
+
 def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
     trainable parameter under its canonical name and layout."""
@@ -102,8 +115,7 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
         p.grad = None
     X = _tokens(model, X)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss = F.cross_entropy(model(X), Y)
+    loss = cross_entropy(model(X), Y)
     loss.backward()
-    tr = _transposed(model.spec)
-    grads = {k: (p.grad.T if k in tr else p.grad).numpy().copy() for k, p in model.named_parameters()}
-    return loss.item(), grads
+    return loss.item(), {name: (t.grad.T if transposed else t.grad).numpy().copy()
+                         for name, (t, transposed) in _canonical(model).items() if t.grad is not None}

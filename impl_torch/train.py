@@ -1,42 +1,82 @@
-"""Training, evaluation and sampling the PyTorch way: torch.optim.SGD stepped by an LR scheduler,
-model.train()/model.eval(), torch.no_grad() for evaluation and sampling."""
+"""Training, evaluation and sampling the PyTorch way: torch.optim.SGD, model.train()/model.eval(),
+torch.no_grad() for evaluation and sampling.
+
+The plain path a learner reads; the fastest honest path is fast.py."""
 from __future__ import annotations
 
-import re
-import warnings
+import contextlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from shared.data import check_step_batches
+from shared.config import TrainConfig, lr_at
 from shared.stream import sample_tokens
 from shared.threads import step_threads
-from shared.trainer import TrainConfig, lr_at
 
-from .model import _targets, _tokens
-
-
-def make_optimizer(model, cfg: TrainConfig):
-    """(torch.optim.SGD, LambdaLR) with the lecture's step schedule (lr, then lr_final from
-    cfg.decay_step). The base lr is 1.0 so the scheduled lr is exactly lr_at(step):
-    0.1 * 0.1 is not 0.01 in floating point."""
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(cfg, step))
-    return opt, sched
+from .model import _targets, _tokens, cross_entropy
 
 
-def train_step(model, opt, X, Y) -> float:
-    """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
-    optimizer, scheduler = opt
+@contextlib.contextmanager
+def threads_for(batch_size: int):
+    """Run the block with shared.threads.step_threads(batch_size) intra-op threads (1 at batch
+    <= 64 unless MAKEMORE_THREADS says otherwise), or torch's own setting when that is None.
+
+    Raises ValueError for a malformed MAKEMORE_THREADS (shared.threads.step_threads)."""
+    n = step_threads(batch_size)
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Optimizer:
+    """torch.optim.SGD over the model's parameters on the lecture's step schedule, with the step
+    count t kept here (as numpy's Optimizer; optax keeps it in its state).
+
+    The lr is written into the param group before each step (as nanoGPT does) from
+    shared.config.lr_at, exactly "0.1, then 0.01": an LRScheduler would keep the step count in
+    its own internals, which the fused path (fast.py) and a resume would have to reach into.
+
+    Attributes:
+        t: steps taken (int); the schedule's position.
+        optimizer: the torch.optim.SGD.
+    """
+
+    def __init__(self, model, cfg: TrainConfig):
+        self.cfg, self.t = cfg, 0
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr_at(cfg, 0))
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (shared.config.lr_at)."""
+        return lr_at(self.cfg, self.t)
+
+    def step(self) -> None:
+        """Apply the gradients in the parameters' .grad at the scheduled lr and advance t."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.optimizer.step()
+        self.t += 1
+
+
+def train_step(model, opt: Optimizer, X, Y) -> float:
+    """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss.
+
+    Raises ValueError (token ids, target shape, a batch too small for BatchNorm) before any
+    state changes."""
+    model.spec.check_train_batch(len(X))
     model.train()
     X = _tokens(model, X)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss = F.cross_entropy(model(X), Y)
-    optimizer.zero_grad(set_to_none=True)
+    loss = cross_entropy(model(X), Y)
+    opt.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
-    scheduler.step()
+    opt.step()
     return loss.item()
 
 
@@ -45,7 +85,7 @@ def evaluate(model, X, Y) -> float:
     """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss)."""
     model.eval()
     X = _tokens(model, X)
-    loss = F.cross_entropy(model(X), _targets(model, Y, len(X)))
+    loss = cross_entropy(model(X), _targets(model, Y, len(X)))
     model.train()
     return loss.item()
 
@@ -59,172 +99,3 @@ def sample(model, uniforms: np.ndarray) -> list[list[int]]:
                         model.spec.block_size, uniforms)
     model.train()
     return out
-
-
-# --- The fastest honest path: a hand-fused step (forward, manual backward, SGD) compiled once ---
-# torch.compile of the autograd step (compiled forward and backward, eager optimizer) was measured
-# here at only ~1.5x torch eager (wavenet, batch 32, 2 cores), and its cold compile took ~40 s;
-# most of a batch-32 step is per-op Python/dispatcher overhead, so the fast path writes the whole
-# step as one autograd-free function (the backward formulas of lecture Part 4, "becoming a
-# backprop ninja") that torch.compile turns into one graph with the parameter updates in place.
-
-def _bn_dims(x: torch.Tensor) -> tuple[int, ...]:
-    return tuple(range(x.ndim - 1))
-
-
-def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, lr,
-                convention: str, eps: float, momentum: float):
-    """One training step without autograd: forward (train mode), cross-entropy, hand-written
-    backward, running-stat updates and SGD (p -= lr * grad), all in place on `params`/`buffers`.
-
-    kinds[k] names layer k (embedding, flatten, linear, batchnorm, tanh); params[k] is its tuple
-    of parameter tensors (torch layout: Linear weight (fan_out, fan_in)); buffers[k] its
-    (running_mean, running_var) for BatchNorm. X (B, T) int64, Y (B,) int64, lr a 0-d tensor.
-    Returns the loss, a 0-d tensor. Backward formulas: lecture Part 4 (makemore_part4_backprop,
-    BatchNorm at 1:30:00 with Bessel's correction; cross-entropy at 1:24:00).
-    """
-    saved, x = [], X
-    for kind, layer, p, buf in zip(kinds, layers, params, buffers):
-        if kind == "embedding":
-            saved.append(x)
-            x = p[0][x]
-        elif kind == "flatten":
-            B, T, C = x.shape
-            saved.append(x.shape)
-            x = x.reshape(B, T // layer, C * layer)
-            if x.shape[1] == 1:
-                x = x.squeeze(1)
-        elif kind == "linear":
-            saved.append(x)
-            x = x @ p[0].t() if len(p) == 1 else torch.addmm(p[1], x.reshape(-1, x.shape[-1]),
-                                                              p[0].t()).reshape(*x.shape[:-1], -1)
-        elif kind == "batchnorm":
-            dims = _bn_dims(x)
-            n = x.numel() // x.shape[-1]
-            mean = x.mean(dims)
-            diff = x - mean
-            var_b = (diff * diff).sum(dims) / n
-            var_u = (diff * diff).sum(dims) / (n - 1)
-            rstd = torch.rsqrt((var_u if convention == "lecture" else var_b) + eps)
-            xhat = diff * rstd
-            rm, rv = buf
-            rm.copy_((1 - momentum) * rm + momentum * mean)
-            rv.copy_((1 - momentum) * rv + momentum * (var_b if convention == "flax" else var_u))
-            saved.append((xhat, rstd, n))
-            x = p[0] * xhat + p[1]
-        elif kind == "tanh":
-            x = torch.tanh(x)
-            saved.append(x)
-    logits = x
-    B = logits.shape[0]
-    logp = torch.log_softmax(logits, dim=1)
-    loss = -logp.gather(1, Y[:, None]).mean()
-    # backward: d loss / d logits = (softmax - onehot) / B
-    dx = logp.exp()
-    dx[torch.arange(B), Y] -= 1
-    dx = dx / B
-    for kind, layer, p, s in zip(reversed(kinds), reversed(layers), reversed(params), reversed(saved)):
-        if kind == "embedding":
-            gW = torch.zeros_like(p[0]).index_add_(0, s.reshape(-1), dx.reshape(-1, dx.shape[-1]))
-            p[0].sub_(lr * gW)
-        elif kind == "flatten":
-            dx = dx.reshape(s)
-        elif kind == "linear":
-            x2 = s.reshape(-1, s.shape[-1])
-            d2 = dx.reshape(-1, dx.shape[-1])
-            gW = d2.t() @ x2
-            if len(p) == 2:
-                p[1].sub_(lr * d2.sum(0))
-            dx = (d2 @ p[0]).reshape(*s.shape[:-1], -1)  # uses W before its update
-            p[0].sub_(lr * gW)
-        elif kind == "batchnorm":
-            xhat, rstd, n = s
-            dims = _bn_dims(dx)
-            g_gamma, g_beta = (dx * xhat).sum(dims), dx.sum(dims)
-            dxhat = dx * p[0]
-            c = n / (n - 1) if convention == "lecture" else 1.0  # Bessel: lecture Part 4 ~1:40:00
-            dx = rstd / n * (n * dxhat - dxhat.sum(dims) - c * xhat * (dxhat * xhat).sum(dims))
-            p[0].sub_(lr * g_gamma)
-            p[1].sub_(lr * g_beta)
-        elif kind == "tanh":
-            dx = dx * (1 - s * s)
-    return loss
-
-
-def _fused_for(model, compile: bool):
-    """(step function, kinds, layer args, params, buffers) for `model`, built once and cached on it.
-    The tensors are detached views of the model's own parameters: updates land in the model."""
-    key = "_fused_compiled" if compile else "_fused_eager"
-    cached = getattr(model, key, None)
-    if cached is not None:
-        return cached
-    spec = model.spec
-    kinds = tuple(l.kind for l in spec.layers)
-    layers = [l.n if l.kind == "flatten" else None for l in spec.layers]
-    params, buffers = [], []
-    for mod, kind in zip(model, kinds):
-        if kind == "embedding":
-            params.append((mod.weight.detach(),))
-        elif kind == "linear":
-            params.append((mod.weight.detach(),) + ((mod.bias.detach(),) if mod.bias is not None else ()))
-        elif kind == "batchnorm":
-            params.append((mod.gamma.detach(), mod.beta.detach()))
-        else:
-            params.append(())
-        buffers.append((mod.running_mean, mod.running_var) if kind == "batchnorm" else ())
-    if compile:
-        # one compiled graph per (preset, batch, dtype): raise dynamo's limit of 8 recompiles of
-        # _fused_step, past which it would silently fall back to eager, and fail loudly instead
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        torch._dynamo.config.fail_on_recompile_limit_hit = True
-    fn = torch.compile(_fused_step, dynamic=False) if compile else _fused_step
-    cached = (fn, kinds, layers, params, buffers)
-    setattr(model, key, cached)
-    return cached
-
-
-def fast_train_steps(model, opt, Xs, Ys, compile: bool = True) -> np.ndarray:
-    """k SGD steps on the fastest honest torch path; the same losses as k calls of train_step.
-
-    Arguments:
-        Xs: (k, B, block_size) int token ids; Ys: (k, B) int targets.
-        compile: run the hand-fused step through torch.compile (inductor, C++ on CPU; the first
-            call per shape compiles, ~40 s cold, ~2 s from inductor's on-disk cache); False runs
-            the same fused step eagerly. Threads: shared.threads.step_threads (1 at batch
-            <= 64 unless MAKEMORE_THREADS says otherwise).
-    Returns:
-        (k,) float64 losses. The model's parameters and running stats and the scheduler's step
-        count advance exactly as after k train_step calls (the lr of step i is lr_at(step i)).
-    Raises:
-        ValueError: from shared.data.check_step_batches (token ids out of range, mismatched
-            shapes, a batch too small for BatchNorm); the model is unchanged.
-    """
-    optimizer, scheduler = opt
-    Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
-    k = len(Xs)
-    X = torch.from_numpy(Xs.astype(np.int64, copy=False))
-    Y = torch.from_numpy(Ys.astype(np.int64, copy=False))
-    fn, kinds, layers, params, buffers = _fused_for(model, compile)
-    bn = model.spec.batchnorm
-    dtype = next(model.parameters()).dtype
-    # the scheduler's lr for steps last_epoch .. last_epoch+k-1 (LambdaLR: base_lr * lambda(step))
-    base, lam, step0 = scheduler.base_lrs[0], scheduler.lr_lambdas[0], scheduler.last_epoch
-    lrs = torch.tensor([base * lam(step0 + i) for i in range(k)], dtype=dtype)
-    losses = torch.empty(k, dtype=torch.float64)
-    model.train()
-    threads = torch.get_num_threads()
-    n = step_threads(Xs.shape[1])
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        with torch.no_grad():
-            for i in range(k):
-                losses[i] = fn(kinds, layers, params, buffers, X[i], Y[i], lrs[i],
-                               bn.convention, bn.eps, bn.momentum)
-    finally:
-        torch.set_num_threads(threads)
-    with warnings.catch_warnings():  # the fused step updated the parameters, not optimizer.step()
-        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
-        for _ in range(k):  # the scheduler's state exactly as k train_steps leave it
-            scheduler.step()
-    return losses.numpy()

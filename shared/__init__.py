@@ -1,6 +1,8 @@
-"""Framework-free core of makemore-ports: data and vocab, model spec, canonical parameters and
-checkpoints, batch stream, backend registry, training driver, CLI, reports and plots.
+"""The framework-free core the three backends stand on: data and vocab (data), model spec and
+presets (spec), training config and schedules (config), canonical parameters (params),
+checkpoints (checkpoint), batch and sampling streams (stream), input checks (checks), FLOP
+counts (flops), thread policy (threads) and the backend contract (backend, a typing.Protocol).
 
-Nothing in this package imports torch, jax or flax; the backends (`impl_numpy`, `impl_torch`,
-`impl_jax`) are imported only on request through :func:`shared.registry.get_backend`.
+It imports no framework, no backend (`impl_*`) and not the application (`makemore`); a test
+enforces it (docs/design.md, "Layout").
 """

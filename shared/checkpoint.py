@@ -1,6 +1,6 @@
 """Checkpoints: one safetensors file of canonical parameters plus JSON-able metadata.
 
-Any backend writes it, any backend reads it (DESIGN.md "Canonical parameters and checkpoints").
+Any backend writes it, any backend reads it (docs/design.md "Canonical parameters and checkpoints").
 Writes are atomic: a temp file in the same folder, fsync, then `os.replace`.
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class BatchNormSpec:
-    """BatchNorm semantics (DESIGN.md table). momentum is always the torch/lecture meaning:
+    """BatchNorm semantics (docs/design.md table). momentum is always the torch/lecture meaning:
     running = (1 - momentum) * running + momentum * batch_stat (flax's momentum 0.9 == ours 0.1).
 
     convention: 'lecture' normalises with the unbiased (n-1) variance and keeps it as running_var;

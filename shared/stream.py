@@ -1,6 +1,6 @@
 """Random streams shared by every backend: initial weights, minibatch indices, sampling uniforms.
 
-Determinism contract (DESIGN.md): all randomness comes from numpy Generators seeded by the run
+Determinism contract (docs/design.md): all randomness comes from numpy Generators seeded by the run
 seed, so every backend sees the same initial weights, the same minibatches and the same
 sampling uniforms. `np.random.SeedSequence(seed).spawn(3)` gives three independent streams:
 [0] initial parameters, [1] minibatch indices, [2] sampling.

@@ -1,20 +1,16 @@
-"""Shared fixtures: the real names.txt (CI copies it into data/), datasets, installed backends."""
-import itertools
+"""Fixtures only: the real names.txt (CI copies it into data/), datasets, an rng. What the tests
+share beyond fixtures lives in helpers.py."""
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import ROOT
 from shared.data import load_dataset
-from shared.registry import available_backends
 
-ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES = [os.environ.get("MAKEMORE_DATA"), ROOT / "data" / "names.txt",
               ROOT.parent / "shared" / "data" / "names.txt"]
-
-BACKENDS = available_backends()
-PAIRS = list(itertools.combinations(BACKENDS, 2))
 
 
 @pytest.fixture(scope="session")

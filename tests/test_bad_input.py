@@ -10,11 +10,12 @@ from safetensors.numpy import save_file
 from shared.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shared.data import DataError, Vocab, load_dataset, read_words
 from shared.params import ParamError, init_params
-from shared.registry import get_backend
+from makemore.registry import get_backend
 from shared.spec import LayerSpec, get_spec, mlp_spec
-from shared.trainer import TrainConfig, TrainingDiverged, train
+from shared.config import TrainConfig
+from makemore.trainer import TrainingDiverged, train
 
-from conftest import BACKENDS
+from helpers import BACKENDS
 
 VOCAB = Vocab(tuple(".abcdefghijklmnopqrstuvwxyz"))
 
@@ -32,7 +33,7 @@ def mlp64(request):
 def test_targets_outside_the_vocab_raise_everywhere(mlp64, bad):
     B, model = mlp64
     X, Y = np.zeros((4, 3), np.int64), np.array([1, 2, 3, bad])
-    opt = B.make_optimizer(model, TrainConfig(steps=10))
+    opt = B.Optimizer(model, TrainConfig(steps=10))
     calls = {"train_step": lambda: B.train_step(model, opt, X, Y),
              "evaluate": lambda: B.evaluate(model, X, Y),
              "loss_and_grads": lambda: B.loss_and_grads(model, X, Y),
@@ -49,7 +50,7 @@ def test_a_batch_too_small_for_batchnorm_changes_nothing(mlp64, batch):
     B, model = mlp64
     B.load_params(model, init_params(model.spec, 2))
     before = B.export_params(model)
-    opt = B.make_optimizer(model, TrainConfig(steps=10))
+    opt = B.Optimizer(model, TrainConfig(steps=10))
     X, Y = np.ones((2, batch, 3), np.int64), np.ones((2, batch), np.int64)
     msg = "BatchNorm1d.*at least 2 values per channel|needs at least 1 example"
     with pytest.raises(ValueError, match=msg):
@@ -70,7 +71,7 @@ def test_bad_targets_raise_everywhere_and_change_nothing(mlp64, Y):
     B, model = mlp64
     X = np.arange(12).reshape(4, 3) % 27
     before = B.export_params(model)
-    opt = B.make_optimizer(model, TrainConfig(steps=10))
+    opt = B.Optimizer(model, TrainConfig(steps=10))
     for name, call in {"train_step": lambda: B.train_step(model, opt, X, Y),
                        "evaluate": lambda: B.evaluate(model, X, Y),
                        "loss_and_grads": lambda: B.loss_and_grads(model, X, Y)}.items():
@@ -95,7 +96,7 @@ def test_any_lr_pair_is_exact_after_the_decay(mlp64):
     p = init_params(model.spec, 1)
     B.load_params(model, p)
     X, Y = np.random.default_rng(0).integers(0, 27, (2, 32, 3)), np.random.default_rng(1).integers(0, 27, (2, 32))
-    opt = B.make_optimizer(model, TrainConfig(steps=2, lr=0.07, lr_final=0.03, lr_decay_step=1))
+    opt = B.Optimizer(model, TrainConfig(steps=2, lr=0.07, lr_final=0.03, lr_decay_step=1))
     B.train_step(model, opt, X[0], Y[0])
     before = B.export_params(model)
     _, g = B.loss_and_grads(model, X[1], Y[1])

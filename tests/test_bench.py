@@ -7,19 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from shared import bench, cli
+from makemore import bench, cli
 from shared.flops import (floor_ratio, floor_seconds, forward_flops, linear_shapes, matmul_flops,
                           train_step_flops)
-from shared.params import init_params
-from shared.registry import get_backend
 from shared.spec import get_spec
-from shared.stream import seed_streams
-from shared.trainer import TrainConfig, train
 
-from conftest import BACKENDS, ROOT
+from helpers import BACKENDS, ROOT
 
 # ---- FLOP count: hand counts (6 * rows * fan_in * fan_out per Linear, written out) ----
 
@@ -50,7 +45,7 @@ def test_floor_arithmetic():
         floor_seconds(1, 0.0)
 
 
-# ---- torch fast path: same losses, parameters, running stats and schedule as train_step ----
+# ---- in-process tests: one torch thread ----
 
 
 @pytest.fixture(autouse=True)
@@ -65,71 +60,6 @@ def _torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _torch_runs(spec, k, decay, compile, batch=32, seed=5):
-    T = get_backend("torch")
-    rng = np.random.default_rng(seed)
-    Xs = rng.integers(0, spec.vocab_size, (k, batch, spec.block_size))
-    Ys = rng.integers(0, spec.vocab_size, (k, batch))
-    p = init_params(spec, seed_streams(seed)[0])
-    cfg = TrainConfig(steps=2 * k, lr_decay_step=decay)
-    out = []
-    for fast in (False, True):
-        m = T.build_model(spec)
-        T.load_params(m, p)
-        opt = T.make_optimizer(m, cfg)
-        if fast:
-            a = T.fast_train_steps(m, opt, Xs[:k // 2], Ys[:k // 2], compile=compile)
-            b = T.fast_train_steps(m, opt, Xs[k // 2:], Ys[k // 2:], compile=compile)
-            losses = np.concatenate([a, b])
-        else:
-            losses = np.array([T.train_step(m, opt, Xs[i], Ys[i]) for i in range(k)])
-        out.append((losses, T.export_params(m), opt[1].last_epoch, opt[0].param_groups[0]["lr"]))
-    return out
-
-
-@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
-@pytest.mark.parametrize("preset,bn", [("mlp", "lecture"), ("wavenet", "lecture"),
-                                       ("wavenet", "torch"), ("wavenet", "flax")])
-def test_torch_fused_step_float64_matches_train_step(preset, bn):
-    spec = get_spec(preset, dtype="float64", bn_convention=bn)
-    (l0, p0, e0, lr0), (l1, p1, e1, lr1) = _torch_runs(spec, 12, decay=7, compile=False)
-    np.testing.assert_allclose(l1, l0, rtol=1e-10, atol=0)
-    for name in p0:  # weights and running stats, across the lr decay at step 7
-        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-10, atol=1e-13, err_msg=name)
-    assert (e1, lr1) == (e0, lr0) == (12, 0.01)
-
-
-@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
-def test_torch_compiled_fast_path_matches_train_step_float32():
-    spec = get_spec("wavenet")
-    (l0, p0, e0, _), (l1, p1, e1, _) = _torch_runs(spec, 10, decay=4, compile=True)
-    np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    for name in p0:
-        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-4, atol=1e-6, err_msg=name)
-    assert e1 == e0 == 10
-
-
-@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
-def test_trainer_fast_flag_gives_the_plain_losses_torch(data8):
-    cfg = TrainConfig(steps=130, lr_decay_step=110)  # two fast chunks (100 + 30), decay inside
-    plain = train("torch", get_spec("wavenet"), cfg, data8, evaluate=False, n_samples=0)
-    fast = train("torch", get_spec("wavenet"), cfg, data8, evaluate=False, n_samples=0, fast=True)
-    np.testing.assert_allclose(fast.losses, plain.losses, rtol=1e-5)
-
-
-@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
-def test_torch_fast_path_rejects_bad_input():
-    T = get_backend("torch")
-    spec = get_spec("mlp")
-    m = T.build_model(spec)
-    T.load_params(m, init_params(spec, seed_streams(0)[0]))
-    opt = T.make_optimizer(m, TrainConfig())
-    with pytest.raises(ValueError, match="vocab|token"):
-        T.fast_train_steps(m, opt, np.full((1, 4, 3), 27), np.zeros((1, 4), np.int64), compile=False)
-    with pytest.raises(ValueError, match=r"need Xs \(k, B, block_size\)"):
-        T.fast_train_steps(m, opt, np.zeros((4, 3), np.int64), np.zeros((4,), np.int64), compile=False)
 
 
 # ---- report arithmetic on a hand-made pytest-benchmark JSON ----

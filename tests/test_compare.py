@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from shared import cli
-from shared.compare import max_pair_diff, max_param_diff, parse_backends, table_steps
-from shared.registry import BackendError, available_backends
+from makemore import cli
+from makemore.compare import max_pair_diff, max_param_diff, parse_backends, table_steps
+from makemore.registry import BackendError, available_backends
 
 pytest.importorskip("torch")
 
@@ -24,7 +24,7 @@ def test_compare_numpy_torch_float64_end_to_end(tmp_path, names_path, capsys):
     assert r["backends"] == ["numpy", "torch"] and r["dtype"] == "float64" and r["steps"] == 60
     assert set(r["loss"]) == {"numpy", "torch"} and all(len(v) == 60 for v in r["loss"].values())
     assert abs(r["loss"]["numpy"][0] - np.log(27)) < 0.1          # near-uniform logits at init
-    # one function, two frameworks: float64 agreement (DESIGN.md: rtol <= 1e-10)
+    # one function, two frameworks: float64 agreement (docs/design.md: rtol <= 1e-10)
     assert r["max_abs_loss_diff"] < 1e-10 and r["max_abs_param_diff"] < 1e-10
     assert r["max_abs_loss_diff"] == pytest.approx(
         np.abs(np.subtract(r["loss"]["numpy"], r["loss"]["torch"])).max(), abs=0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from shared import data as D
+from shared.checks import check_token_ids
 
 
 def test_file_is_the_lecture_file(names_path):
@@ -14,7 +15,7 @@ def test_file_is_the_lecture_file(names_path):
 
 
 def test_split_sizes_and_first_word(data8):
-    # DESIGN.md test values: 182,625 / 22,655 / 22,866 examples with block_size 8, first word 'yuheng'.
+    # docs/design.md test values: 182,625 / 22,655 / 22,866 examples with block_size 8, first word 'yuheng'.
     assert [len(data8.split(s)[0]) for s in ("train", "val", "test")] == [182625, 22655, 22866]
     assert data8.words[0][0] == "yuheng"
     assert data8.vocab.itos[0] == "." and "".join(data8.vocab.itos[1:]) == "abcdefghijklmnopqrstuvwxyz"
@@ -125,10 +126,10 @@ def test_vocab_encode_decode_errors(data8):
 
 
 def test_check_token_ids():
-    D.check_token_ids(np.array([[0, 26]]), 27)
+    check_token_ids(np.array([[0, 26]]), 27)
     with pytest.raises(ValueError, match="token id 27 is outside the vocab"):
-        D.check_token_ids(np.array([[0, 27]]), 27)
+        check_token_ids(np.array([[0, 27]]), 27)
     with pytest.raises(ValueError, match="token id -1"):
-        D.check_token_ids(np.array([[-1, 3]]), 27)
+        check_token_ids(np.array([[-1, 3]]), 27)
     with pytest.raises(ValueError, match="integers"):
-        D.check_token_ids(np.array([[0.5]]), 27)
+        check_token_ids(np.array([[0.5]]), 27)

@@ -12,14 +12,14 @@ import statistics
 import numpy as np
 import pytest
 
-from shared import cli
-from shared import diagnose as dg
+from makemore import cli
+from makemore import diagnose as dg
 from shared.params import init_params
 from shared.spec import get_spec
-from shared.trainer import TrainConfig
+from shared.config import TrainConfig
 
-from conftest import BACKENDS, PAIRS
-from oracles import loaded_model
+from helpers import BACKENDS, PAIRS
+from helpers import loaded_model
 
 RTOL = 1e-10
 

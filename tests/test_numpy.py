@@ -1,5 +1,5 @@
 """impl_numpy on its own: every hand-written backward against central finite differences in
-float64 (an oracle independent of every framework), BatchNorm against DESIGN.md's formula, dtype
+float64 (an oracle independent of every framework), BatchNorm against docs/design.md's formula, dtype
 discipline in float32, the SGD schedule, the fast path, and `makemore train --backend numpy`."""
 import json
 
@@ -9,13 +9,12 @@ import pytest
 import impl_numpy as N
 from impl_numpy.layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Tanh
 from impl_numpy.model import cross_entropy
-from shared import cli
+from makemore import cli
 from shared.checkpoint import load_checkpoint
 from shared.params import init_params
 from shared.spec import get_spec
-from shared.stream import sampling_uniforms
-from shared.trainer import TrainConfig, train
-from oracles import bn_oracle
+from shared.config import TrainConfig
+from makemore.trainer import train
 
 H = 1e-6  # central-difference step (float64): truncation ~H^2, rounding ~1e-16/H
 
@@ -147,22 +146,7 @@ def test_whole_model_gradients_against_finite_differences(preset, rng):
         check_close(np.array([g[i] for i in idx]), np.array(num), f"{preset} {k}", rtol=1e-5, atol=1e-8)
 
 
-# ---- BatchNorm forward against DESIGN.md's table ----
-
-@pytest.mark.parametrize("convention", ["lecture", "torch", "flax"])
-@pytest.mark.parametrize("shape", [(32, 6), (16, 4, 6)])
-def test_batchnorm_forward_and_running_stats(convention, shape, rng):
-    x = rng.normal(3.0, 2.0, size=shape)
-    bn = BatchNorm1d(6, convention=convention, dtype=np.float64)
-    g, b, rm, rv = rng.normal(size=6), rng.normal(size=6), rng.normal(size=6), rng.uniform(0.5, 2, 6)
-    bn.gamma[...], bn.beta[...], bn.running_mean[...], bn.running_var[...] = g, b, rm, rv
-    y_ref, rm_ref, rv_ref = bn_oracle(x, g, b, rm, rv, convention)
-    np.testing.assert_allclose(bn(x), y_ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(bn.running_mean, rm_ref, rtol=1e-12)
-    np.testing.assert_allclose(bn.running_var, rv_ref, rtol=1e-12)
-    bn.training = False
-    np.testing.assert_allclose(bn(x), g * (x - rm_ref) / np.sqrt(rv_ref + 1e-5) + b, rtol=1e-12)
-
+# ---- BatchNorm forward against docs/design.md's table ----
 
 # ---- model-level behaviour ----
 
@@ -187,62 +171,9 @@ def test_float32_stays_float32(data8):
     _, grads = N.loss_and_grads(model, X, Y)
     assert all(g.dtype == np.float32 for g in grads.values())
     assert all(l.dout.dtype == np.float32 for l in model)
-    opt = N.make_optimizer(model, TrainConfig(steps=10))
+    opt = N.Optimizer(model, TrainConfig(steps=10))
     N.train_step(model, opt, X, Y)
     assert all(v.dtype == np.float32 for v in N.export_params(model).values())
-
-
-def test_sgd_schedule_and_update(rng):
-    spec = get_spec("mlp", dtype="float64")
-    p = init_params(spec, 4)
-    model = N.build_model(spec)
-    N.load_params(model, p)
-    X, Y = rng.integers(0, 27, size=(32, 3)), rng.integers(0, 27, size=32)
-    _, g = N.loss_and_grads(model, X, Y)
-    N.load_params(model, p)
-    opt = N.make_optimizer(model, TrainConfig(steps=8, lr_decay_step=2))
-    lrs = []
-    for _ in range(4):
-        lrs.append(opt.lr)
-        N.train_step(model, opt, X, Y)
-        if len(lrs) == 1:
-            after = N.export_params(model)
-            for k in g:
-                np.testing.assert_allclose(after[k], p[k] - 0.1 * g[k], rtol=1e-14, atol=1e-16)
-    assert lrs == [0.1, 0.1, 0.01, 0.01]
-
-
-@pytest.mark.parametrize("preset,dtype,convention,rtol", [
-    ("wavenet-22k", "float64", "lecture", 1e-12), ("wavenet-22k", "float64", "torch", 1e-12),
-    ("wavenet-22k", "float64", "flax", 1e-12), ("mlp", "float64", "lecture", 1e-12),
-    ("wavenet-22k", "float32", "lecture", 2e-5)])
-def test_fast_train_steps_match_train_step(data8, data3, preset, dtype, convention, rtol):
-    # the fused step reorders the arithmetic (BatchNorm backward from dgamma/dbeta, one-hot GEMM
-    # for the embedding), so it equals train_step to rounding: ~1e-15 in float64, ~1e-7 in float32
-    spec = get_spec(preset, dtype=dtype, bn_convention=convention)
-    data = data8 if spec.block_size == 8 else data3
-    cfg = TrainConfig(steps=30, lr_decay_step=15)
-    ix = np.random.default_rng(0).integers(0, len(data.train[0]), size=(30, 32))
-    Xs, Ys = data.train[0][ix], data.train[1][ix]
-    runs = []
-    for fast in (False, True):
-        model = N.build_model(spec)
-        N.load_params(model, init_params(spec, 1))
-        opt = N.make_optimizer(model, cfg)
-        if fast:
-            losses = np.concatenate([N.fast_train_steps(model, opt, Xs[:20], Ys[:20]),
-                                     N.fast_train_steps(model, opt, Xs[20:], Ys[20:])])
-        else:
-            losses = np.array([N.train_step(model, opt, X, Y) for X, Y in zip(Xs, Ys)])
-        runs.append((losses, N.export_params(model), opt.t))
-    assert runs[1][0].dtype == np.float64 and runs[1][0].shape == (30,)
-    assert runs[0][2] == runs[1][2] == 30                            # the schedule advanced by 30
-    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=rtol)
-    assert not np.array_equal(runs[0][1]["0.weight"], init_params(spec, 1)["0.weight"])
-    for k in runs[0][1]:
-        np.testing.assert_allclose(runs[1][1][k], runs[0][1][k], rtol=rtol * 10, atol=rtol, err_msg=k)
-    with pytest.raises(ValueError, match="token id 27"):
-        N.fast_train_steps(model, opt, np.full((1, 32, spec.block_size), 27), Ys[:1])
 
 
 def test_evaluate_is_the_mean_over_the_split_in_eval_mode(data3, rng, monkeypatch):
@@ -257,19 +188,10 @@ def test_evaluate_is_the_mean_over_the_split_in_eval_mode(data3, rng, monkeypatc
     logits = h @ p["5.weight"] + p["5.bias"]
     logits -= logits.max(1, keepdims=True)
     want = -(logits[np.arange(1000), Y] - np.log(np.exp(logits).sum(1))).mean()
-    monkeypatch.setattr("impl_numpy.train.EVAL_CHUNK", 300)          # chunks of 300 + a tail of 100
+    monkeypatch.setattr("impl_numpy.train._EVAL_CHUNK", 300)          # chunks of 300 + a tail of 100
     assert N.evaluate(model, X, Y) == pytest.approx(want, rel=1e-12)
     np.testing.assert_array_equal(N.export_params(model)["3.running_mean"], p["3.running_mean"])
     assert model.training                                                  # back in train mode
-
-
-def test_sample_is_deterministic_and_in_vocab():
-    spec = get_spec("mlp")
-    model = N.build_model(spec)
-    N.load_params(model, init_params(spec, 0))
-    u = sampling_uniforms(3, 5)
-    a, b = N.sample(model, u), N.sample(model, u)
-    assert a == b and len(a) == 5 and all(1 <= t < 27 for s in a for t in s)
 
 
 def test_out_of_vocab_and_bad_params_raise():
@@ -309,15 +231,15 @@ def test_cli_train_numpy_then_sample(tmp_path, names_path, capsys):
 
 def test_blas_threads_follow_the_thread_policy(monkeypatch):
     from threadpoolctl import threadpool_info
-    from impl_numpy.train import blas_threads_for
+    from impl_numpy.train import threads_for
     blas = lambda: {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}  # noqa: E731
     outside = blas()
     monkeypatch.delenv("MAKEMORE_THREADS", raising=False)
-    with blas_threads_for(32):
+    with threads_for(32):
         assert blas() == {1}
-    with blas_threads_for(4096):
+    with threads_for(4096):
         assert blas() == outside
     monkeypatch.setenv("MAKEMORE_THREADS", "2")
-    with blas_threads_for(32):
+    with threads_for(32):
         assert blas() == {2}
     assert blas() == outside

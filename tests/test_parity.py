@@ -1,71 +1,30 @@
-"""Parity across every pair of installed backends (conftest.PAIRS): the same canonical parameters
+"""Parity across every pair of installed backends (helpers.PAIRS): the same canonical parameters
 and the same batch give the same logits, loss, gradients, every layer's output (train and eval
 mode), BatchNorm running stats, SGD trajectory, checkpoints and sampled names.
 
-Only the backend interface of DESIGN.md is used, so a new backend joins the suite unchanged.
-Tolerances (DESIGN.md "Precision and parity"), relative to the largest |value| of the tensor:
+Only the backend contract (shared.backend.Backend) is used, so a new backend joins the suite unchanged.
+Tolerances (docs/design.md "Precision and parity"), relative to the largest |value| of the tensor:
 float64 1e-10 everywhere; float32 1e-5 for outputs/logits/loss, 1e-4 for gradients.
 """
-import ast
-import importlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, PAIRS
-from oracles import loaded_model
+from helpers import PAIRS, assert_same, batch, loaded_model, perturbed_params
 from shared.checkpoint import load_checkpoint
-from shared.params import init_params, is_buffer
-from shared.registry import get_backend
+from shared.params import is_buffer
+from makemore.registry import get_backend
 from shared.spec import get_spec
 from shared.stream import sampling_uniforms
-from shared.trainer import TrainConfig, train
+from shared.config import TrainConfig
+from makemore.trainer import train
 
 TOL = {"float64": {"out": 1e-10, "grad": 1e-10}, "float32": {"out": 1e-5, "grad": 1e-4}}
-LAYER_CLASSES = ["Embedding", "FlattenConsecutive", "Linear", "BatchNorm1d", "Tanh", "Sequential"]
 
 pytestmark = pytest.mark.skipif(not PAIRS, reason="parity needs two installed backends")
 
 
-def assert_same(a, b, what: str, rtol: float, names=("a", "b")) -> None:
-    """Fail unless max|a - b| <= rtol * max|b|; the message names the tensor, the two backends,
-    the size of the difference and where it is largest."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"{what}: shape {a.shape} on {names[0]} but {b.shape} on {names[1]}"
-    if a.size == 0:
-        return
-    assert np.isfinite(a).all() and np.isfinite(b).all(), f"{what}: non-finite values"
-    diff = np.abs(a - b)
-    scale = max(float(np.abs(b).max()), np.finfo(np.float64).tiny)
-    worst = np.unravel_index(int(diff.argmax()), diff.shape)
-    assert diff.max() <= rtol * scale, (
-        f"{what} differs between {names[0]} and {names[1]}: max |diff| {diff.max():.3g} at index "
-        f"{tuple(int(i) for i in worst)} ({a[worst]!r} vs {b[worst]!r}) = {diff.max() / scale:.3g} "
-        f"of max |value| {scale:.3g}, above rtol {rtol:g}")
-
-
 def layer_name(spec, k: int) -> str:
     return f"layer {k} ({spec.layers[k].kind})"
-
-
-def perturbed_params(spec, seed=0):
-    """Initial parameters with gamma, beta and running stats moved off 1/0 so every term counts."""
-    rng = np.random.default_rng(seed + 100)
-    p = init_params(spec, seed)
-    dt = np.dtype(spec.dtype)
-    for k, v in p.items():
-        if k.endswith(("gamma", "running_var")):
-            p[k] = rng.uniform(0.5, 1.5, size=v.shape).astype(dt)
-        elif k.endswith(("beta", "running_mean", ".bias")):
-            p[k] = (0.1 * rng.normal(size=v.shape)).astype(dt)
-    return p
-
-
-def batch(spec, n=32, seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, spec.vocab_size, size=(n, spec.block_size)),
-            rng.integers(0, spec.vocab_size, size=n))
 
 
 @pytest.fixture(params=PAIRS, ids=["-".join(p) for p in PAIRS])
@@ -149,7 +108,7 @@ def _one_step(name, dtype):
     spec = get_spec("wavenet", dtype=dtype)
     p = perturbed_params(spec, seed=2)
     B, model = loaded_model(name, spec, p)
-    B.train_step(model, B.make_optimizer(model, TrainConfig(steps=10)), *batch(spec, seed=2))
+    B.train_step(model, B.Optimizer(model, TrainConfig(steps=10)), *batch(spec, seed=2))
     return B.export_params(model)
 
 
@@ -190,30 +149,3 @@ def test_checkpoint_from_one_backend_loads_into_the_other(pair, data8, tmp_path)
                     f"eval logits of a {src} checkpoint loaded into {dst}", 1e-5, (dst, src))
         names = [data8.vocab.decode(t + [0]) for t in D.sample(model, u)]
         assert names == res.samples, f"{dst} samples {names} from the {src} checkpoint differ from {src}'s"
-
-
-def _top_level_names(path: Path, kinds) -> list[str]:
-    tree = ast.parse(path.read_text())
-    out = []
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and "class" in kinds:
-            out.append(node.name)
-        elif isinstance(node, ast.FunctionDef) and "def" in kinds and not node.name.startswith("_"):
-            out.append(node.name)
-        elif isinstance(node, ast.Assign) and "class" in kinds:
-            out += [t.id for t in node.targets if isinstance(t, ast.Name) and t.id in LAYER_CLASSES]
-    return out
-
-
-@pytest.mark.parametrize("name", BACKENDS)
-def test_parallel_structure(name):
-    """The side-by-side promise: the layer classes, and the interface functions, appear in every
-    backend in the same order as in impl_torch (extra helpers may sit between them)."""
-    pkg = Path(importlib.import_module(f"impl_{name}").__file__).parent
-    ref = Path(importlib.import_module("impl_torch").__file__).parent
-    layers = [n for n in _top_level_names(pkg / "layers.py", {"class"}) if n in LAYER_CLASSES]
-    assert layers == LAYER_CLASSES, f"impl_{name}/layers.py defines {layers}, expected {LAYER_CLASSES}"
-    for f in ("model.py", "train.py"):
-        want = _top_level_names(ref / f, {"def"})
-        got = [n for n in _top_level_names(pkg / f, {"def"}) if n in want]
-        assert got == want, f"impl_{name}/{f}: public functions in order {got}, impl_torch has {want}"

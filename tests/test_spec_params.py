@@ -5,7 +5,7 @@ import pytest
 from shared.params import ParamError, check_params, init_params, num_params, param_shapes
 from shared.spec import LayerSpec, ModelSpec, get_spec
 from shared.stream import BatchStream, sample_tokens, sampling_uniforms
-from shared.trainer import TrainConfig, lr_at
+from shared.config import TrainConfig, lr_at
 
 
 @pytest.mark.parametrize("preset, count", [("mlp", 12097), ("mlp-8", 22097),
@@ -153,8 +153,8 @@ def test_spec_layers_are_always_a_tuple():
 
 
 def test_sampling_no_names_is_an_empty_list_on_every_backend():
-    from conftest import BACKENDS
-    from shared.registry import get_backend
+    from helpers import BACKENDS
+    from makemore.registry import get_backend
     for b in BACKENDS:
         B = get_backend(b)
         model = B.build_model(get_spec("mlp"))

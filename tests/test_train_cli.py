@@ -4,11 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from shared import cli
+from makemore import cli
 from shared.checkpoint import load_checkpoint
-from shared.registry import BackendError, get_backend
+from makemore.registry import BackendError, get_backend
 from shared.spec import get_spec
-from shared.trainer import TrainConfig, TrainingDiverged, train
+from shared.config import TrainConfig
+from makemore.trainer import TrainingDiverged, train
 
 pytest.importorskip("torch")
 

@@ -1,8 +1,8 @@
 """`makemore compare`: the same training run on several backends, side by side.
 
 Every backend starts from the same canonical initial parameters and sees the same minibatch
-indices and learning-rate schedule (shared.trainer.train), so the loss curves must agree to
-float tolerance (DESIGN.md "Determinism contract"). Prints one table, writes `compare.json` and
+indices and learning-rate schedule (makemore.trainer.train), so the loss curves must agree to
+float tolerance (docs/design.md "Determinism contract"). Prints one table, writes `compare.json` and
 `compare.png` (the loss curves overlaid, and |difference| per step on a log axis).
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import init_params
+from shared.params import init_params
 from .registry import BackendError, available_backends, get_backend
 from .report import chunk_size, markdown_table, smoothed_log10
-from .stream import seed_streams
+from shared.stream import seed_streams
 
 
 def parse_backends(text: str | None) -> list[str]:
@@ -101,17 +101,16 @@ def plot_compare(losses: dict[str, np.ndarray], path: str | Path, title: str = "
     return Path(path)
 
 
-def main(args) -> int:
-    """Run `makemore compare` (args from shared.cli: preset, steps, batch_size, seed, dtype, bn,
-    lr, lr_final, lr_decay_step, data, backends, out). Returns the exit status 0.
+def compare(backends: list[str], spec, cfg, data, out_dir) -> dict:
+    """`makemore compare`: train the same run (same initial weights, batches and schedule) on
+    every backend in `backends`, print the side-by-side table, and write compare.json and
+    compare.png into `out_dir`.
 
-    Raises BackendError / ValueError / DataError for bad input (the CLI prints them as one line).
+    Arguments: spec a shared.spec.ModelSpec, cfg a shared.config.TrainConfig, data a
+    shared.data.Dataset fitting the spec. Returns the compare.json dictionary.
+    Raises BackendError / ValueError for bad input (the CLI prints them as one line).
     """
-    from .cli import _config, _spec_and_data
     from .trainer import train
-    backends = parse_backends(args.backends)
-    cfg = _config(args)
-    spec, data = _spec_and_data(args)
     params0 = init_params(spec, seed_streams(cfg.seed)[0])   # the very same arrays for everyone
     print(f"compare {spec.name} ({spec.dtype}, BatchNorm {spec.batchnorm.convention}): "
           f"{cfg.steps} steps of batch {cfg.batch_size} on {', '.join(backends)}")
@@ -141,7 +140,7 @@ def main(args) -> int:
     print(f"samples {'agree' if same_samples else 'DIFFER'}: "
           + "; ".join(f"{b}: {' '.join(r.samples)}" for b, r in runs.items()))
 
-    out = Path(args.out)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"backends": backends, "preset": spec.name, "dtype": spec.dtype,
               "bn_convention": spec.batchnorm.convention, "steps": cfg.steps,
@@ -159,4 +158,4 @@ def main(args) -> int:
     plot_compare(losses, out / "compare.png",
                  title=f"{spec.name}, {spec.dtype}: {', '.join(backends)} (max |diff| {loss_diff:.2g})")
     print(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
-    return 0
+    return report

@@ -14,41 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import first_nonfinite, save_checkpoint
-from .data import Dataset
-from .params import init_params, num_params
+from shared.checkpoint import first_nonfinite, save_checkpoint
+from shared.data import Dataset
+from shared.params import init_params, num_params
 from .registry import get_backend
-from .spec import ModelSpec
-from .stream import BatchStream, sampling_uniforms, seed_streams
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings. lr_decay_step None means 3/4 of `steps` (150,000 of 200,000)."""
-    steps: int = 200_000
-    batch_size: int = 32
-    lr: float = 0.1
-    lr_final: float = 0.01
-    lr_decay_step: int | None = None
-    seed: int = 42
-
-    def __post_init__(self):
-        if self.steps < 0 or self.batch_size < 1:
-            raise ValueError(f"need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
-        for name in ("lr", "lr_final"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-
-    @property
-    def decay_step(self) -> int:
-        """First step (0-based) that uses `lr_final`."""
-        return self.lr_decay_step if self.lr_decay_step is not None else (3 * self.steps) // 4
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """The lecture's step schedule: `lr` before `cfg.decay_step`, `lr_final` from it on."""
-    return cfg.lr if step < cfg.decay_step else cfg.lr_final
+from shared.config import TrainConfig
+from shared.spec import ModelSpec
+from shared.stream import BatchStream, sampling_uniforms, seed_streams
 
 
 FAST_CHUNK = 100  # steps per fast_train_steps call
@@ -134,7 +106,7 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     params = init_params(spec, init_rng) if params is None else params
     model = B.build_model(spec)
     B.load_params(model, params)
-    opt = B.make_optimizer(model, cfg)
+    opt = B.Optimizer(model, cfg)
     if on_start is not None:
         on_start(model, opt)
     Xtr, Ytr = data.train

@@ -1,9 +1,10 @@
 """Backend registry: imports a backend only when asked, so numpy and torch work without JAX.
 
-Every backend package (`impl_numpy`, `impl_torch`, `impl_jax`) exposes the same functions
-(see DESIGN.md "Backend interface"): build_model, load_params, export_params, forward,
-layer_outputs, loss_and_grads (model.py) and make_optimizer, train_step, evaluate, sample
-(train.py).
+Every backend package (`impl_numpy`, `impl_torch`, `impl_jax`) provides the contract
+shared.backend.Backend (docs/design.md, "Backend interface"): build_model, load_params,
+export_params, forward, layer_outputs, cross_entropy, loss_and_grads (model.py), Optimizer,
+train_step, evaluate, sample (train.py) and fast_train_steps (fast.py). This is the only module
+that imports a backend.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """`makemore diagnose`: the network-health statistics and plots of lecture Part 3, for any backend.
 
 Source: Karpathy, "Building makemore Part 3: Activations & Gradients, BatchNorm"
-(makemore_part3_bn.ipynb): viz #1 forward-pass activation statistics (1:18:35), viz #2 backward-pass
-gradient statistics (1:26:53), viz #3 parameter gradient statistics and grad:data ratio (1:36:15),
+(makemore_part3_bn.ipynb): viz #1 forward-pass activation statistics (1:26:51), viz #2 backward-pass
+gradient statistics (1:30:54), viz #3 parameter gradient statistics and grad:data ratio (1:36:15),
 viz #4 update:data ratio over time (1:39:55).
 
 Each backend gathers the raw arrays its own way (`impl_X/diagnostics.py`: torch hooks, nnx
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .params import param_shapes
-from .registry import available_backends, get_backend
-from .stream import BatchStream
-from .trainer import TrainConfig, lr_at, train
+from shared.params import param_shapes
+from .registry import get_backend
+from shared.stream import BatchStream
+from shared.config import TrainConfig, lr_at
+from .trainer import train
 
 SATURATION = 0.97   # |tanh| above this counts as saturated (lecture: t.abs() > 0.97)
 BINS = 100          # histogram bins (torch.histogram's default in the lecture)
@@ -39,7 +40,7 @@ def _f64(a) -> np.ndarray:
 def tanh_stats(t) -> dict:
     """Mean, std (ddof=1) and saturation % (share of |t| > 0.97, in percent) of a Tanh output
     (any shape, any float dtype; mean and std in float64, the threshold in t's dtype).
-    Lecture Part 3 at 1:18:35."""
+    Lecture Part 3 at 1:26:51."""
     t = np.asarray(t)
     # compare in the array's own dtype, as torch does (float32(0.97) > 0.97 in float64)
     sat = float((np.abs(t) > np.asarray(SATURATION, dtype=t.dtype)).mean() * 100.0)
@@ -48,7 +49,7 @@ def tanh_stats(t) -> dict:
 
 
 def grad_stats(g) -> dict:
-    """Mean and std (ddof=1) of the gradient of a Tanh output (float64). Lecture at 1:26:53."""
+    """Mean and std (ddof=1) of the gradient of a Tanh output (float64). Lecture at 1:30:54."""
     g = _f64(g)
     return {"mean": float(g.mean()), "std": float(g.std(ddof=1))}
 
@@ -124,7 +125,7 @@ def diagnostics_module(backend: str):
 
 
 def run_backend(backend: str, spec, cfg: TrainConfig, data, params: dict | None = None) -> dict:
-    """Train `cfg.steps` steps with shared.trainer.train, recording the update:data ratio of every
+    """Train `cfg.steps` steps with makemore.trainer.train, recording the update:data ratio of every
     2-D parameter after each step, then run the backend's `collect` once on the trained weights
     with the batch the run would use next (step cfg.steps of the shared batch stream).
 
@@ -311,23 +312,3 @@ def diagnose(backends: list[str], spec, cfg: TrainConfig, data, out_dir) -> dict
     paths["table"] = out / "stats.md"
     paths["table"].write_text(stats_table(stats["backends"]) + "\n")
     return {"runs": runs, "stats": stats, "paths": paths}
-
-
-def main(args) -> int:
-    """`makemore diagnose`: args from shared.cli (backend numpy/torch/jax, or all: every installed
-    backend; preset, steps, batch_size, seed, dtype, bn, lr, lr_final, lr_decay_step, data, out).
-    Prints the table; returns 0. Raises UsageError (steps < 1), BackendError, ValueError."""
-    from .cli import UsageError, _config, _spec_and_data
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1 for the update:data ratio, got {args.steps}")
-    backends = available_backends() if args.backend == "all" else [args.backend]
-    for b in backends:
-        diagnostics_module(b)  # fail fast: unknown, missing or without diagnostics
-    cfg = _config(args)
-    spec, data = _spec_and_data(args)
-    print(f"diagnose {spec.name} ({spec.dtype}) on {', '.join(backends)}: {cfg.steps} steps, "
-          f"batch {cfg.batch_size}, seed {cfg.seed}; writing to {args.out}")
-    res = diagnose(backends, spec, cfg, data, args.out)
-    print(stats_table(res["stats"]["backends"]))
-    print("wrote " + ", ".join(str(p) for p in res["paths"].values()))
-    return 0

@@ -38,10 +38,10 @@ import sys
 import time
 from pathlib import Path
 
-from .flops import floor_ratio, floor_seconds
+from shared.flops import floor_ratio, floor_seconds
 from .registry import available_backends
-from .threads import ENV as THREADS_ENV
-from .threads import available_cores
+from shared.threads import ENV as THREADS_ENV
+from shared.threads import available_cores
 from .report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,14 +300,20 @@ def run(groups: list[Group], out: Path, timeout: float | None = None) -> list[di
     return rows
 
 
-def main(args) -> int:
-    """`makemore bench [--quick] [--out DIR]`; returns the exit status."""
+def bench(quick: bool, out_dir) -> list[dict]:
+    """`makemore bench [--quick] [--out DIR]`: run the pytest-benchmark suites of bench/ for every
+    installed backend, write raw/, bench.json, bench.md and bench.png into `out_dir`, print the
+    tables; returns the rows (times in seconds, speeds in steps/s).
+
+    Raises ValueError (one line) when bench/ is not there (an installed package without a
+    checkout) or pytest-benchmark is missing."""
     if not (BENCH_DIR / "test_train_step.py").is_file():
-        raise ValueError(f"the benchmark suites are not at {BENCH_DIR}: run from a checkout of the project")
+        raise ValueError(f"the benchmark suites are not at {BENCH_DIR}: `makemore bench` runs from a "
+                         "checkout of the project (git clone, then pip install -e '.[all,dev]')")
     backends = available_backends()
     t0 = time.perf_counter()
-    print(f"makemore bench{' --quick' if args.quick else ''}: backends {', '.join(backends)}; "
-          f"writing to {args.out}", file=sys.stderr)
-    run(plan(args.quick, backends), Path(args.out))
+    print(f"makemore bench{' --quick' if quick else ''}: backends {', '.join(backends)}; "
+          f"writing to {out_dir}", file=sys.stderr)
+    rows = run(plan(quick, backends), Path(out_dir))
     print(f"bench took {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return 0
+    return rows

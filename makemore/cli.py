@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .spec import BN_CONVENTIONS, DTYPES, PRESETS
+from shared.spec import BN_CONVENTIONS, DTYPES, PRESETS
 
 
 class UsageError(Exception):
@@ -28,7 +28,7 @@ def _common(p: argparse.ArgumentParser, steps_default: int | None = 200_000) -> 
     p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
     p.add_argument("--seed", type=int, default=42, help="run seed: weights, batches, samples (default 42)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter and activation dtype (default float32)")
-    p.add_argument("--bn", default="lecture", choices=BN_CONVENTIONS, help="BatchNorm convention (DESIGN.md): lecture = unbiased variance (default), "
+    p.add_argument("--bn", default="lecture", choices=BN_CONVENTIONS, help="BatchNorm convention (docs/design.md): lecture = unbiased variance (default), "
                         "torch = nn.BatchNorm1d, flax = nnx.BatchNorm")
     p.add_argument("--lr", type=float, default=0.1, help="learning rate before the decay step")
     p.add_argument("--lr-final", type=float, default=0.01, help="learning rate from the decay step on")
@@ -75,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from .trainer import TrainConfig
+    from shared.config import TrainConfig
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_final=args.lr_final,
                        lr_decay_step=args.lr_decay_step, seed=args.seed)
 
 
 def _spec_and_data(args):
-    from .data import load_dataset
-    from .spec import get_spec
+    from shared.data import load_dataset
+    from shared.spec import get_spec
     probe = get_spec(args.preset)
     data = load_dataset(probe.block_size, args.data)
     spec = get_spec(args.preset, vocab_size=data.vocab.vocab_size, dtype=args.dtype, bn_convention=args.bn)
@@ -90,8 +90,8 @@ def _spec_and_data(args):
 
 
 def cmd_train(args) -> int:
-    from .threads import busy_warning, step_threads
-    from .params import num_params
+    from shared.threads import busy_warning, step_threads
+    from shared.params import num_params
     from .registry import get_backend
     from .trainer import train, write_run
     get_backend(args.backend)  # fail fast on an unknown or missing backend
@@ -117,9 +117,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .checkpoint import load_checkpoint
+    from shared.checkpoint import load_checkpoint
     from .registry import get_backend
-    from .stream import sampling_uniforms
+    from shared.stream import sampling_uniforms
     if args.n < 1:
         raise UsageError(f"-n must be >= 1, got {args.n}")
     B = get_backend(args.backend)
@@ -131,15 +131,36 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _dispatch(module: str, args) -> int:
-    import importlib
-    try:
-        mod = importlib.import_module(f"shared.{module}")
-    except ModuleNotFoundError as e:
-        if e.name == f"shared.{module}":
-            raise UsageError(f"`makemore {args.command}` is not available in this version") from e
-        raise
-    return mod.main(args)
+def cmd_compare(args) -> int:
+    from .compare import compare, parse_backends
+    backends = parse_backends(args.backends)
+    spec, data = _spec_and_data(args)
+    compare(backends, spec, _config(args), data, args.out)
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnose import diagnose, diagnostics_module, stats_table
+    from .registry import available_backends
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1 for the update:data ratio, got {args.steps}")
+    backends = available_backends() if args.backend == "all" else [args.backend]
+    for b in backends:
+        diagnostics_module(b)  # fail fast: unknown, missing or without diagnostics
+    cfg = _config(args)
+    spec, data = _spec_and_data(args)
+    print(f"diagnose {spec.name} ({spec.dtype}) on {', '.join(backends)}: {cfg.steps} steps, "
+          f"batch {cfg.batch_size}, seed {cfg.seed}; writing to {args.out}")
+    res = diagnose(backends, spec, cfg, data, args.out)
+    print(stats_table(res["stats"]["backends"]))
+    print("wrote " + ", ".join(str(p) for p in res["paths"].values()))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench
+    bench(args.quick, args.out)
+    return 0
 
 
 def _terminate(signum, frame):
@@ -148,20 +169,19 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 training diverged, 2 bad input)."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .params import ParamError
+    from shared.checkpoint import CheckpointError
+    from shared.data import DataError
+    from shared.params import ParamError
     from .registry import BackendError
     from .trainer import TrainingDiverged
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "sample": cmd_sample}
+    handlers = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare,
+                "diagnose": cmd_diagnose, "bench": cmd_bench}
     # SIGTERM unwinds like Ctrl-C, so `finally` blocks (checkpoint temp files) still run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        if args.command in handlers:
-            return handlers[args.command](args)
-        return _dispatch(args.command, args)
+        return handlers[args.command](args)
     except TrainingDiverged as e:
         print(f"makemore: {e}", file=sys.stderr)
         return 1

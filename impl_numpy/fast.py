@@ -1,0 +1,179 @@
+"""The fastest honest numpy path: the same training step as train.py (lecture Part 4's backward
+formulas), with every array preallocated and written in place.
+
+Same losses as train_step to float rounding (tested), same batches, same schedule.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from shared.checks import check_step_batches
+
+from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Tanh
+from .train import Optimizer, threads_for
+
+# --- The fastest honest path: the same step with every array preallocated, written in place ---
+# A batch-32 step is ~100 small numpy calls; past the GEMMs, its time goes to allocating
+# temporaries, np.add.at (the embedding's scatter-add, ~150 us) and re-reducing what is already
+# known. The fused step below computes the same formulas as the layers (lecture Part 4) on 2-D
+# (rows, channels) views, into buffers allocated once per batch size, and updates each
+# parameter as soon as its gradient is known (as the torch fused step does).
+
+class _FusedStep:
+    """One training step of a numpy model (train-mode forward, cross-entropy, hand-written
+    backward, running-stat updates, SGD) for minibatches of `batch_size`, every intermediate in
+    a buffer allocated here once.
+
+    Every activation is kept 2-D, (rows, channels): the embedding's (B, T, C) output is
+    (B*T, C) and FlattenConsecutive(n) is a reshape to (B*T/n, C*n), because rows are
+    (example, position) with position fastest. The formulas are the layers' (layers.py) in an
+    order that reuses what is known: BatchNorm's backward uses sum(dxhat) = gamma * dbeta and
+    sum(dxhat * xhat) = gamma * dgamma; the embedding's scatter-add is one-hot(ids).T @ dout (one
+    GEMM). So the losses equal train_step's to float rounding, not bitwise (tested).
+    Parameters and running stats are updated in place in the model's own arrays; the layers'
+    .out/.dout/.grads are not written (diagnostics use train_step).
+    """
+
+    def __init__(self, model, batch_size: int):
+        spec = model.spec
+        self.model = model
+        self.conv = spec.batchnorm.convention
+        dt = model[0].weight.dtype
+        rows, width = batch_size * spec.block_size, None
+        E = lambda *shape: np.empty(shape, dtype=dt)  # noqa: E731
+        self.bufs = []
+        for l in spec.layers:
+            b = {}
+            if l.kind == "embedding":
+                width = l.dim
+                b.update(out=E(rows, width), onehot=np.zeros((rows, l.num), dt), g=E(l.num, l.dim),
+                         ix=np.zeros(rows, np.int64), arange=np.arange(rows))
+            elif l.kind == "flatten":
+                rows, width = rows // l.n, width * l.n
+            elif l.kind == "linear":
+                b.update(out=E(rows, l.fan_out), dx=E(rows, l.fan_in), g=E(l.fan_in, l.fan_out),
+                         gb=E(l.fan_out), u=E(l.fan_in, l.fan_out))
+                width = l.fan_out
+            elif l.kind == "batchnorm":
+                b.update(xhat=E(rows, width), out=E(rows, width), tmp=E(rows, width), dx=E(rows, width),
+                         mean=E(width), sq=E(width), inv_std=E(width), g=E(width),
+                         gb=E(width), n=rows, d=rows - 1 if self.conv == "lecture" else rows)
+            elif l.kind == "tanh":
+                b.update(out=E(rows, width), dx=E(rows, width))
+            self.bufs.append(b)
+        V = spec.vocab_size
+        self.ones = np.ones(batch_size * spec.block_size, dt)  # column sums as GEMVs: ones @ x
+        self.ce = dict(m=E(batch_size, 1), shifted=E(batch_size, V), e=E(batch_size, V), s=E(batch_size, 1),
+                       dlogits=E(batch_size, V), rows=np.arange(batch_size))
+
+    def __call__(self, X: np.ndarray, Y: np.ndarray, lr: float) -> float:
+        """One step on X (B, block_size) int64, Y (B,) int64 (already checked); returns the loss."""
+        model, conv, ones = self.model, self.conv, self.ones
+        x = X
+        for l, b in zip(model, self.bufs):
+            if isinstance(l, Embedding):
+                ix = x.reshape(-1)
+                b["onehot"][b["arange"], b["ix"]] = 0   # clear the previous step's ones
+                b["onehot"][b["arange"], ix] = 1
+                b["ix"][...] = ix
+                x = np.take(l.weight, ix, axis=0, out=b["out"])
+            elif isinstance(l, FlattenConsecutive):
+                x = x.reshape(-1, x.shape[1] * l.n)
+            elif isinstance(l, Linear):
+                b["x"] = x
+                x = np.matmul(x, l.weight, out=b["out"])
+                if l.bias is not None:
+                    x += l.bias
+            elif isinstance(l, BatchNorm1d):
+                n, m = b["n"], l.momentum
+                mean = np.divide(np.matmul(ones[:n], x, out=b["mean"]), n, out=b["mean"])
+                xc = np.subtract(x, mean, out=b["xhat"])
+                sq = np.matmul(ones[:n], np.multiply(xc, xc, out=b["tmp"]), out=b["sq"])
+                var_biased, var_unbiased = sq / n, sq / (n - 1)
+                var = var_unbiased if conv == "lecture" else var_biased
+                l.running_mean[...] = (1 - m) * l.running_mean + m * mean
+                l.running_var[...] = (1 - m) * l.running_var + m * (var_biased if conv == "flax" else var_unbiased)
+                inv_std = np.divide(1.0, np.sqrt(var + l.eps), out=b["inv_std"])
+                xhat = np.multiply(xc, inv_std, out=b["xhat"])
+                x = np.multiply(xhat, l.gamma, out=b["out"])
+                x += l.beta
+            elif isinstance(l, Tanh):
+                x = np.tanh(x, out=b["out"])
+        # cross-entropy and dloss/dlogits (impl_numpy.model.cross_entropy, into buffers)
+        c = self.ce
+        rows, B = c["rows"], len(Y)
+        shifted = np.subtract(x, np.max(x, axis=1, keepdims=True, out=c["m"]), out=c["shifted"])
+        e = np.exp(shifted, out=c["e"])
+        s = np.sum(e, axis=1, keepdims=True, out=c["s"])
+        loss = -np.add.reduce(shifted[rows, Y] - np.log(s[:, 0])) / B   # .mean(), without its overhead
+        d = np.divide(e, s, out=c["dlogits"])
+        d[rows, Y] -= 1
+        d /= B
+        for l, b in zip(reversed(model.layers), reversed(self.bufs)):
+            if isinstance(l, Tanh):
+                dx = np.multiply(b["out"], b["out"], out=b["dx"])
+                np.subtract(1.0, dx, out=dx)
+                d = np.multiply(dx, d, out=dx)
+            elif isinstance(l, BatchNorm1d):
+                n, xhat = b["n"], b["xhat"]
+                g_gamma = np.matmul(ones[:n], np.multiply(d, xhat, out=b["tmp"]), out=b["g"])
+                g_beta = np.matmul(ones[:n], d, out=b["gb"])
+                # dx = inv_std/n * (n*dxhat - sum(dxhat) - (n/d)*xhat*sum(dxhat*xhat)), dxhat = gamma*d
+                corr = np.multiply(xhat, (n / b["d"]) * g_gamma, out=b["tmp"])
+                dx = np.multiply(d, n, out=b["dx"])
+                dx -= g_beta
+                dx -= corr
+                dx *= l.gamma * b["inv_std"] / n
+                d = dx
+                l.gamma -= lr * g_gamma
+                l.beta -= lr * g_beta
+            elif isinstance(l, Linear):
+                gW = np.matmul(b["x"].T, d, out=b["g"])
+                if l.bias is not None:
+                    l.bias -= lr * np.matmul(ones[:len(d)], d, out=b["gb"])
+                d = np.matmul(d, l.weight.T, out=b["dx"])       # with W before its update
+                l.weight -= np.multiply(gW, lr, out=b["u"])
+            elif isinstance(l, FlattenConsecutive):
+                d = d.reshape(-1, d.shape[1] // l.n)
+            elif isinstance(l, Embedding):
+                gW = np.matmul(b["onehot"].T, d, out=b["g"])    # = np.add.at(gW, ids, d)
+                l.weight -= lr * gW
+        return float(loss)
+
+
+# One compiled/fused step per (optimizer, batch size): a new run (a new Optimizer) builds its own.
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _fast_step_for(model, opt: Optimizer, batch_size: int) -> _FusedStep:
+    # numpy: a _FusedStep per batch size (its preallocated buffers are the point)
+    steps = _CACHE.setdefault(opt, {})
+    if batch_size not in steps:
+        steps[batch_size] = _FusedStep(model, batch_size)
+    return steps[batch_size]
+
+
+def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
+    """k SGD steps on the fastest honest numpy path (:class:`_FusedStep`); the same losses as k
+    calls of :func:`train_step` to float rounding.
+
+    Arguments: Xs (k, B, block_size) int, Ys (k, B) int. Token ids are checked once for all k
+    steps; BLAS threads are set once. Returns the k losses, float64 (k,). The optimizer's step
+    count (and so the lr schedule) advances by k.
+
+    Raises:
+        ValueError: from shared.checks.check_step_batches (token ids out of range, mismatched
+            shapes, a batch too small for BatchNorm); the model is unchanged.
+    """
+    Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
+    Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
+    losses = np.empty(len(Xs), dtype=np.float64)
+    model.train()
+    step = _fast_step_for(model, opt, Xs.shape[1])
+    with threads_for(Xs.shape[1]):
+        for i in range(len(Xs)):
+            losses[i] = step(Xs[i], Ys[i], opt.lr)
+            opt.t += 1
+    return losses

@@ -1,0 +1,65 @@
+"""Input checks every backend runs before it changes anything: token ids, targets, the k
+minibatches of a fast path. One module, so the three backends refuse the same inputs with the
+same words (docs/design.md, "Backend interface": a rejected input leaves the model bitwise
+unchanged).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Float64Unavailable(ValueError):
+    """A float64 model was asked for but the framework cannot give float64 arrays here (JAX
+    without x64, or on a device without float64); never a silent float32."""
+
+
+def check_targets(Y, vocab_size: int, n_examples: int | None = None) -> np.ndarray:
+    """Y as an array, after checking that every id is in [0, vocab_size) and, with n_examples,
+    that there is one per example (shape (n_examples,)).
+
+    Backends call it before their forward pass, so a bad Y changes nothing (a train-mode forward
+    updates the BatchNorm running stats); numpy indexing and optax would otherwise broadcast a
+    (B, 1) or (1,) Y into a wrong loss, JAX would clamp a bad id and numpy wrap a negative one.
+    Raises ValueError saying which.
+    """
+    Y = np.asarray(Y)
+    if n_examples is not None and Y.shape != (n_examples,):
+        raise ValueError(f"targets have shape {Y.shape}; need one per example, shape ({n_examples},)")
+    check_token_ids(Y, vocab_size)
+    return Y
+
+
+def check_step_batches(spec, Xs, Ys) -> tuple[np.ndarray, np.ndarray]:
+    """(Xs, Ys) as arrays, after the checks every backend's fast_train_steps needs before it
+    changes anything: Xs (k, B, block_size) and Ys (k, B) token ids inside spec's vocab, and B
+    large enough for a train-mode step (spec.check_train_batch: BatchNorm needs 2 values per
+    channel). Raises ValueError saying which."""
+    Xs, Ys = np.asarray(Xs), np.asarray(Ys)
+    if Xs.ndim != 3 or Ys.shape != Xs.shape[:2]:
+        raise ValueError(f"need Xs (k, B, block_size) and Ys (k, B); got {Xs.shape} and {Ys.shape}")
+    spec.check_train_batch(Xs.shape[1])
+    check_token_ids(Xs, spec.vocab_size, spec.block_size)
+    check_token_ids(Ys, spec.vocab_size)
+    return Xs, Ys
+
+
+def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
+    """Raise ValueError if any token id in `X` (int array, any shape) is outside [0, vocab_size),
+    or, with `block_size`, if X is not (..., B, block_size) contexts.
+
+    Called at every backend's model entry, for contexts X and for targets Y: JAX's gather would
+    clamp a bad id silently, and numpy's indexing would wrap a negative one.
+    """
+    X = np.asarray(X)
+    if block_size is not None and (X.ndim < 2 or X.shape[-1] != block_size):
+        raise ValueError(f"contexts must have shape (B, {block_size}) for this model "
+                         f"(block_size {block_size}), got {X.shape}")
+    if X.size == 0:
+        return
+    if not np.issubdtype(X.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got dtype {X.dtype}")
+    lo, hi = int(X.min()), int(X.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"token id {bad} is outside the vocab [0, {vocab_size}); "
+                         "encode inputs with the model's own vocab (shared.data.Vocab)")

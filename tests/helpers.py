@@ -1,0 +1,97 @@
+"""What the tests share: the installed backends, independent float64 numpy oracles, a model
+loader, perturbed parameters, batches and a tolerance check that names what diverged.
+
+Each oracle is written straight from the lecture / docs/design.md, without any backend's code, so
+a backend that agrees with it is right, not merely consistent with another backend. Imported by
+the test modules as `helpers` (tests/ is on sys.path through pytest's rootdir conftest).
+"""
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from makemore.registry import available_backends, get_backend
+from shared.params import init_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = available_backends()
+PAIRS = list(itertools.combinations(BACKENDS, 2))
+# torch's fast path compiles each new shape (about 10-40 s on 2 cores): the contract tests run its
+# fused step eagerly, test_torch.py runs the compiled one
+FAST_KWARGS = {"torch": {"compile": False}}
+# fast paths that are bitwise the plain path (the others agree to float rounding)
+BITWISE_FAST = {"jax"}
+
+
+def bn_oracle(x, gamma, beta, rm, rv, convention, eps=1e-5, momentum=0.1):
+    """docs/design.md's BatchNorm table in float64 numpy: train-mode output and new running stats.
+
+    x (B, C) or (B, T, C); reduces over every axis but the last, n = B or B*T.
+    Returns (y like x, new running_mean (C,), new running_var (C,)).
+    """
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]                       # B for 2-D input, B*T for 3-D input
+    mean = x.mean(axis=axes)
+    ss = ((x - mean) ** 2).sum(axis=axes)
+    var = ss / (n - 1) if convention == "lecture" else ss / n
+    run_var = ss / n if convention == "flax" else ss / (n - 1)
+    y = gamma * (x - mean) / np.sqrt(var + eps) + beta
+    return y, (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * run_var
+
+
+def mlp_eval_hidden_and_logits(p, X):
+    """The `mlp` preset in eval mode, written out from the lecture (Part 3's MLP with BatchNorm):
+    X (B, 3) int -> (h (B, 200) Tanh output, logits (B, vocab))."""
+    h = p["0.weight"][X].reshape(len(X), -1) @ p["2.weight"]
+    h = np.tanh(p["3.gamma"] * (h - p["3.running_mean"]) / np.sqrt(p["3.running_var"] + 1e-5) + p["3.beta"])
+    return h, h @ p["5.weight"] + p["5.bias"]
+
+
+def loaded_model(backend: str, spec, params):
+    """(backend module, model built from `spec` with canonical `params` loaded)."""
+    B = get_backend(backend)
+    model = B.build_model(spec)
+    B.load_params(model, params)
+    return B, model
+
+
+def assert_same(a, b, what: str, rtol: float, names=("a", "b")) -> None:
+    """Fail unless max|a - b| <= rtol * max|b|; the message names the tensor, the two sides,
+    the size of the difference and where it is largest."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} on {names[0]} but {b.shape} on {names[1]}"
+    if a.size == 0:
+        return
+    assert np.isfinite(a).all() and np.isfinite(b).all(), f"{what}: non-finite values"
+    diff = np.abs(a - b)
+    scale = max(float(np.abs(b).max()), np.finfo(np.float64).tiny)
+    worst = np.unravel_index(int(diff.argmax()), diff.shape)
+    assert diff.max() <= rtol * scale, (
+        f"{what} differs between {names[0]} and {names[1]}: max |diff| {diff.max():.3g} at index "
+        f"{tuple(int(i) for i in worst)} ({a[worst]!r} vs {b[worst]!r}) = {diff.max() / scale:.3g} "
+        f"of max |value| {scale:.3g}, above rtol {rtol:g}")
+
+
+def perturbed_params(spec, seed=0):
+    """Initial parameters with gamma, beta and running stats moved off 1/0 so every term counts."""
+    rng = np.random.default_rng(seed + 100)
+    p = init_params(spec, seed)
+    dt = np.dtype(spec.dtype)
+    for k, v in p.items():
+        if k.endswith(("gamma", "running_var")):
+            p[k] = rng.uniform(0.5, 1.5, size=v.shape).astype(dt)
+        elif k.endswith(("beta", "running_mean", ".bias")):
+            p[k] = (0.1 * rng.normal(size=v.shape)).astype(dt)
+    return p
+
+
+def batch(spec, n=32, seed=0):
+    """(X (n, block_size), Y (n,)) random int64 token ids inside the spec's vocab."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, spec.vocab_size, size=(n, spec.block_size)),
+            rng.integers(0, spec.vocab_size, size=n))
+
+
+def fast_steps(name, B, model, opt, Xs, Ys):
+    """B.fast_train_steps with the test settings of FAST_KWARGS."""
+    return B.fast_train_steps(model, opt, Xs, Ys, **FAST_KWARGS.get(name, {}))
