@@ -40,7 +40,7 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)
     # int32 whether or not x64 is on: one jit signature (as _tokens/_targets)
-    Xs, Ys = Xs.astype(np.int32, copy=False), Ys.astype(np.int32, copy=False)
+    Xs, Ys = np.ascontiguousarray(Xs, dtype=np.int32), np.ascontiguousarray(Ys, dtype=np.int32)
     new_state, losses = _fast_step_for(model, opt)(opt.state, Xs, Ys)
     opt.write_back(new_state)
     return np.asarray(losses, dtype=np.float64)

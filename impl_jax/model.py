@@ -112,17 +112,21 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
     return {name: np.array(var[...]) for name, var in _canonical(model).items()}
 
 
-def _tokens(model: Sequential, X) -> np.ndarray:
+def _tokens(model: Sequential, X, train: bool = False) -> np.ndarray:
     # Checked here, before any gather: jnp.take would clamp or NaN-fill a bad id silently.
+    # checked before anything runs (shared.checks); train mode also needs a batch BatchNorm can
+    # normalise (ModelSpec.check_train_batch). Any integer dtype and memory layout is accepted.
     X = np.asarray(X)
     check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
-    return X.astype(np.int32, copy=False)  # int32 whether or not x64 is on: one jit signature
+    if train:
+        model.spec.check_train_batch(len(X))
+    return np.ascontiguousarray(X, dtype=np.int32)  # int32 whether or not x64 is on: one jit signature
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
     # checked (shared.checks.check_targets; with n, the number of contexts, the shape too): a target
     # outside the vocab would give a silent NaN or a wrong loss under jit
-    return check_targets(Y, model.spec.vocab_size, n).astype(np.int32, copy=False)
+    return np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int32)
 
 
 @nnx.jit
@@ -135,13 +139,13 @@ def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
     statistics and updates the running stats; eval mode uses the running stats."""
     model.train() if train else model.eval()
-    return np.asarray(_forward(model, _tokens(model, X)))
+    return np.asarray(_forward(model, _tokens(model, X, train)))
 
 
 def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
     """The output of every layer, in order (the last one is the logits). Eager, layer by layer."""
     model.train() if train else model.eval()
-    x, outs = jnp.asarray(_tokens(model, X)), []
+    x, outs = jnp.asarray(_tokens(model, X, train)), []
     for layer in model.layers:
         x = layer(x)
         outs.append(np.array(x))
@@ -168,7 +172,7 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
     trainable parameter (nnx.Param) under its canonical name and layout."""
     model.train()
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     loss, grads = _loss_and_grads(model, X, _targets(model, Y, len(X)))
     flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
     out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _flax_fields(model.spec).items()

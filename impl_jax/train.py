@@ -14,11 +14,13 @@ import contextlib
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from shared.stream import sample_tokens
+from shared.checks import check_state
 from shared.config import TrainConfig
 
 from .model import _targets, _tokens, cross_entropy
@@ -68,6 +70,19 @@ class Optimizer:
         """The learning rate of the next step, as optax computes it."""
         return float(self.schedule(self.t))
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The optimizer's state in canonical form (for a resumable checkpoint): {"t": int64 ()};
+        optax.sgd keeps no momenta, only the schedule's step count."""
+        return {"t": np.array(self.t, dtype=np.int64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned: the nnx.Optimizer's step and optax's
+        schedule count. Raises ValueError (shared.checks.check_state) for entries that do not fit."""
+        t = int(np.asarray(check_state(state, ["t"])["t"]).reshape(()))  # safetensors stores () as (1,)
+        for path, var in nnx.to_flat_state(nnx.state(self.optimizer)):
+            if path[-1] in ("step", "count"):   # nnx.Optimizer.step, ScaleByScheduleState.count
+                var.set_raw_value(jnp.asarray(t, dtype=var.get_value().dtype))
+
     def write_back(self, new_state) -> None:
         """Store the arrays of a new state (same tree as `self.state`) into the live Variables,
         so the model (and export_params) sees them."""
@@ -88,8 +103,7 @@ def train_step(model, opt: Optimizer, X, Y) -> float:
 
     Raises ValueError (token ids, target shape, a batch too small for BatchNorm) before any
     state changes."""
-    model.spec.check_train_batch(len(X))
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     new_state, loss = opt.train_step(opt.state, X, _targets(model, Y, len(X)))
     opt.write_back(new_state)
     return float(loss)

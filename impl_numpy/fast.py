@@ -168,7 +168,7 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
             shapes, a batch too small for BatchNorm); the model is unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
-    Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
+    Xs, Ys = np.ascontiguousarray(Xs, dtype=np.int64), np.ascontiguousarray(Ys, dtype=np.int64)
     losses = np.empty(len(Xs), dtype=np.float64)
     model.train()
     step = _fast_step_for(model, opt, Xs.shape[1])

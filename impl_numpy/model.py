@@ -61,29 +61,33 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
     return {name: a.copy() for name, a in _canonical(model).items()}
 
 
-def _tokens(model: Sequential, X) -> np.ndarray:
+def _tokens(model: Sequential, X, train: bool = False) -> np.ndarray:
+    # checked before anything runs (shared.checks); train mode also needs a batch BatchNorm can
+    # normalise (ModelSpec.check_train_batch). Any integer dtype and memory layout is accepted.
     X = np.asarray(X)
     check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
-    return X.astype(np.int64, copy=False)
+    if train:
+        model.spec.check_train_batch(len(X))
+    return np.ascontiguousarray(X, dtype=np.int64)
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
     # checked (shared.checks.check_targets; with n, the number of contexts, the shape too): numpy's
     # fancy indexing would wrap a negative target to the last class
-    return check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False)
+    return np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int64)
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
     statistics and updates the running stats; eval mode uses the running stats."""
     model.train(train)
-    return model(_tokens(model, X)).copy()
+    return model(_tokens(model, X, train)).copy()
 
 
 def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
     """The output of every layer, in order (the last one is the logits)."""
     model.train(train)
-    model(_tokens(model, X))
+    model(_tokens(model, X, train))
     return [l.out.copy() for l in model]
 
 
@@ -115,7 +119,7 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
     trainable parameter under its canonical name and layout (copies)."""
     model.train(True)
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
     loss, dlogits = cross_entropy(model(X), Y)
     model.backward(dlogits)

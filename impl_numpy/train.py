@@ -11,6 +11,7 @@ from threadpoolctl import ThreadpoolController
 
 from shared.stream import sample_tokens
 from shared.threads import step_threads
+from shared.checks import check_state
 from shared.config import TrainConfig, lr_at
 
 from .model import _targets, _tokens, cross_entropy
@@ -84,12 +85,21 @@ class Optimizer:
             p -= lr * layer.grads[k]   # in place: the layer keeps the same array object
         self.t += 1
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The optimizer's state in canonical form (for a resumable checkpoint): {"t": int64 ()};
+        plain SGD keeps no momenta."""
+        return {"t": np.array(self.t, dtype=np.int64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned. Raises ValueError (shared.checks.check_state)
+        for entries that do not fit."""
+        self.t = int(np.asarray(check_state(state, ["t"])["t"]).reshape(()))  # safetensors stores () as (1,)
+
 
 def train_step(model, opt: Optimizer, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
-    model.spec.check_train_batch(len(X))  # an empty batch would fail deep in a reshape
     model.train()
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
     with threads_for(len(X)):
         loss, dlogits = cross_entropy(model(X), Y)

@@ -158,8 +158,8 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys, compile: bool = True) -> np.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
     k = len(Xs)
-    X = torch.from_numpy(Xs.astype(np.int64, copy=False))
-    Y = torch.from_numpy(Ys.astype(np.int64, copy=False))
+    X = torch.from_numpy(np.ascontiguousarray(Xs, dtype=np.int64))  # from_numpy refuses negative strides
+    Y = torch.from_numpy(np.ascontiguousarray(Ys, dtype=np.int64))
     fn, kinds, layers, params, buffers = _fast_step_for(model, opt, compile)
     bn = model.spec.batchnorm
     dtype = next(model.parameters()).dtype

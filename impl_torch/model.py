@@ -65,16 +65,20 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
             for name, (t, transposed) in _canonical(model).items()}
 
 
-def _tokens(model: Sequential, X) -> torch.Tensor:
+def _tokens(model: Sequential, X, train: bool = False) -> torch.Tensor:
+    # checked before anything runs (shared.checks); train mode also needs a batch BatchNorm can
+    # normalise (ModelSpec.check_train_batch). Any integer dtype and memory layout is accepted.
     X = np.asarray(X)
     check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
-    return torch.from_numpy(X.astype(np.int64, copy=False))
+    if train:
+        model.spec.check_train_batch(len(X))
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.int64))  # from_numpy refuses negative strides
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> torch.Tensor:
     # checked (shared.checks.check_targets; with n, the number of contexts, the shape too) for a
     # clear error: F.cross_entropy's IndexError names no fix
-    return torch.from_numpy(check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False))
+    return torch.from_numpy(np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int64))
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
@@ -82,13 +86,13 @@ def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     statistics and updates the running stats; eval mode uses the running stats."""
     model.train(train)
     with torch.no_grad():
-        return model(_tokens(model, X)).numpy()
+        return model(_tokens(model, X, train)).numpy()
 
 
 def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
     """The output of every layer, in order (the last one is the logits)."""
     model.train(train)
-    x, outs = _tokens(model, X), []
+    x, outs = _tokens(model, X, train), []
     with torch.no_grad():
         for layer in model:
             x = layer(x)
@@ -113,7 +117,7 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
     model.train(True)
     for p in model.parameters():
         p.grad = None
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
     loss = cross_entropy(model(X), Y)
     loss.backward()

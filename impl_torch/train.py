@@ -9,6 +9,7 @@ import contextlib
 import numpy as np
 import torch
 
+from shared.checks import check_state
 from shared.config import TrainConfig, lr_at
 from shared.stream import sample_tokens
 from shared.threads import step_threads
@@ -63,20 +64,30 @@ class Optimizer:
         self.optimizer.step()
         self.t += 1
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The optimizer's state in canonical form (for a resumable checkpoint): {"t": int64 ()};
+        plain SGD keeps no momenta."""
+        return {"t": np.array(self.t, dtype=np.int64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned. Raises ValueError (shared.checks.check_state)
+        for entries that do not fit."""
+        self.t = int(np.asarray(check_state(state, ["t"])["t"]).reshape(()))  # safetensors stores () as (1,)
+
 
 def train_step(model, opt: Optimizer, X, Y) -> float:
     """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss.
 
     Raises ValueError (token ids, target shape, a batch too small for BatchNorm) before any
     state changes."""
-    model.spec.check_train_batch(len(X))
     model.train()
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss = cross_entropy(model(X), Y)
-    opt.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    with threads_for(len(X)):   # one thread at batch <= 64 (shared.threads), as numpy's step
+        loss = cross_entropy(model(X), Y)
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     return loss.item()
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import first_nonfinite, save_checkpoint
+from shared.checkpoint import CheckpointError, first_nonfinite, load_checkpoint, save_checkpoint
 from shared.data import Dataset
 from shared.params import init_params, num_params
 from .registry import get_backend
@@ -23,7 +23,9 @@ from shared.spec import ModelSpec
 from shared.stream import BatchStream, sampling_uniforms, seed_streams
 
 
-FAST_CHUNK = 100  # steps per fast_train_steps call
+LECTURE_RECIPE = {"optimizer": "sgd", "schedule": "step", "warmup": 0, "weight_decay": 0.0, "dropout": 0.0}
+FAST_CHUNK = 100  # steps per fast_train_steps call; chunks start at multiples of it, resumed or not
+DIVERGING = 2.0   # a loss averaged over 100 steps above this many times the first loss: warn
 
 
 class TrainingDiverged(RuntimeError):
@@ -36,6 +38,15 @@ class TrainingDiverged(RuntimeError):
         what = what or f"loss is {loss} at step {step}"
         super().__init__(f"{what}: training stopped; {where}. "
                          "Lower the learning rate (--lr) or check the data.")
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request (Ctrl-C, SIGTERM) between two steps; `step` steps were done,
+    `checkpoint` (a resumable one at exactly that step when the run has an out_dir) or None."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"interrupted after step {step}")
 
 
 @dataclass
@@ -52,13 +63,17 @@ class RunResult:
     fast: bool = False
     model: object = None
     params: dict | None = None    # final canonical parameters
+    warnings: list[str] = field(default_factory=list)
+    resumed_from: int | None = None  # the step a resumed run continued from
 
     @property
     def steps_per_s(self) -> float:
-        return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
+        """Steps per second of the steps this process ran."""
+        done = len(self.losses) - (self.resumed_from or 0)
+        return done / self.seconds if self.seconds > 0 else float("nan")
 
     def metrics(self) -> dict:
-        """The metrics.json dictionary."""
+        """The metrics.json dictionary (seconds and steps_per_s are this process's)."""
         return {"backend": self.backend, "preset": self.spec.name, "params": num_params(self.spec),
                 "steps": len(self.losses), "batch_size": self.config.batch_size,
                 "seed": self.config.seed, "dtype": self.spec.dtype,
@@ -67,31 +82,73 @@ class RunResult:
                 "lr_decay_step": self.config.decay_step,
                 "train_loss": self.train_loss, "val_loss": self.val_loss,
                 "fast": self.fast, "seconds": self.seconds, "steps_per_s": self.steps_per_s,
+                "resumed_from": self.resumed_from, "warnings": self.warnings,
                 "loss": [float(x) for x in self.losses]}
+
+
+def _run_meta(backend: str, cfg: TrainConfig, fast: bool) -> dict:
+    # what a resumable checkpoint records beside its tensors (the batch stream's position is the step)
+    return {"backend": backend, "fast": fast, "config": asdict(cfg)}
+
+
+def load_resume_state(path: str | Path, backend: str, spec: ModelSpec, cfg: TrainConfig, fast: bool):
+    """(params, optimizer state, losses so far, step) from a resumable checkpoint.
+
+    Raises CheckpointError when the checkpoint holds no run state (a parameters-only one) or was
+    written by another backend, path, spec or config than the run being resumed (the difference
+    is named)."""
+    params, md = load_checkpoint(path, spec)
+    state = md["state"]
+    if "losses" not in state:
+        raise CheckpointError(f"{path} has no run state (a parameters-only checkpoint): it samples, "
+                              "but cannot resume a run")
+    want = _run_meta(backend, cfg, fast)
+    diff = [f"{k}: checkpoint {md.get(k)!r}, run {v!r}" for k, v in want.items() if md.get(k) != v]
+    if md["spec"] != spec:
+        diff.append("spec: the checkpoint's model differs from the run's")
+    if diff:
+        raise CheckpointError(f"{path} does not belong to this run: " + "; ".join(diff))
+    step = int(md["step"])
+    losses = np.asarray(state["losses"], dtype=np.float64)
+    if len(losses) != step:
+        raise CheckpointError(f"{path}: {len(losses)} losses for step {step}; the file is damaged")
+    opt_state = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
+    return params, opt_state, losses, step
 
 
 def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
           out_dir: str | Path | None = None, checkpoint_every: int = 10_000, progress: bool = False,
           evaluate: bool = True, n_samples: int = 20, params: dict | None = None,
-          step_callback=None, fast: bool = False, on_start=None) -> RunResult:
-    """Train `spec` on `data` with `backend` for `cfg.steps` SGD steps.
+          step_callback=None, fast: bool = False, on_start=None, resume: bool = False,
+          should_stop=None, on_warning=None) -> RunResult:
+    """Train `spec` on `data` with `backend` for `cfg.steps` optimizer steps.
 
     Arguments:
         params: initial canonical parameters; default `init_params(spec, seed stream 0)`.
-        out_dir: if given, a checkpoint `checkpoint.safetensors` is written there every
-            `checkpoint_every` steps and at the end (atomically).
+        out_dir: if given, a resumable checkpoint `checkpoint.safetensors` is written there every
+            `checkpoint_every` steps (at the first chunk end past each multiple), on a stop
+            request, and at the end, atomically.
+        resume: continue from out_dir's checkpoint (load_resume_state): its parameters, optimizer
+            state, losses so far and batch-stream position; the result is bitwise the
+            uninterrupted run's. Without a checkpoint there, the run starts at step 0.
         step_callback: optional callable(step, loss) after every step (after every chunk of
             FAST_CHUNK steps with `fast`).
         on_start: optional callable(model, opt) once the model and optimizer exist, before the
             first step (lets `makemore diagnose` look at the parameters as training goes).
         fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys)` on
             chunks of FAST_CHUNK steps (same batches, same schedule, same losses).
+        should_stop: optional callable() -> bool, asked between steps/chunks; True stops the run
+            with a checkpoint at that step (TrainingInterrupted).
+        on_warning: optional callable(message) for warnings while training (default: none are
+            printed; they are kept in RunResult.warnings and metrics.json either way).
     Returns:
-        RunResult (losses (steps,) float64, wall seconds of the step loop, final eval losses,
-        samples).
+        RunResult (losses (steps,) float64, wall seconds of this process's step loop, final eval
+        losses, samples, warnings).
     Raises:
-        TrainingDiverged: NaN/inf loss; the last good checkpoint is kept.
-        ValueError: spec and data disagree (block_size or vocab_size).
+        TrainingDiverged: NaN/inf loss or parameter; the last good checkpoint is kept.
+        TrainingInterrupted: should_stop() said so; a checkpoint at that step is written.
+        ValueError: spec and data disagree (block_size or vocab_size), a batch too small.
+        CheckpointError: `resume` with a checkpoint of another run.
     """
     if spec.block_size != data.block_size or spec.vocab_size != data.vocab.vocab_size:
         raise ValueError(f"spec (block_size {spec.block_size}, vocab_size {spec.vocab_size}) does "
@@ -102,59 +159,86 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     except ValueError as e:
         raise ValueError(f"{e}: --batch-size 2 or more on the command line") from None
     B = get_backend(backend)
-    init_rng, _, _ = seed_streams(cfg.seed)
-    params = init_params(spec, init_rng) if params is None else params
+    unsupported = {k: getattr(cfg, k) for k, v in LECTURE_RECIPE.items() if getattr(cfg, k) != v}
+    if unsupported:
+        raise ValueError(f"{unsupported} is not implemented in the backends yet: train with the "
+                         "lecture's recipe (--optimizer sgd --schedule step, no --dropout)")
+    if fast and not hasattr(B, "fast_train_steps"):
+        raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
+    ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
+    losses = np.empty(cfg.steps, dtype=np.float64)
+    start, opt_state = 0, None
+    if resume and ckpt is not None and ckpt.exists():
+        params, opt_state, done, start = load_resume_state(ckpt, backend, spec, cfg, fast)
+        losses[:start] = done
+    elif params is None:
+        params = init_params(spec, seed_streams(cfg.seed)[0])
     model = B.build_model(spec)
     B.load_params(model, params)
     opt = B.Optimizer(model, cfg)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     if on_start is not None:
         on_start(model, opt)
     Xtr, Ytr = data.train
-    ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
-    last_good = None
-    losses = np.empty(cfg.steps, dtype=np.float64)
+    meta = _run_meta(backend, cfg, fast)
+    last_good = ckpt if start else None
+    warnings: list[str] = []
+
+    def save(step: int) -> Path:
+        snapshot = B.export_params(model)
+        if first_nonfinite(snapshot):  # the update after a finite loss can still overflow
+            raise TrainingDiverged(step, float("nan"), last_good,
+                                   f"parameter {first_nonfinite(snapshot)!r} is not finite after step {step - 1}")
+        state = {"losses": losses[:step], **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+        return save_checkpoint(ckpt, snapshot, spec, data.vocab, state=state, step=step, **meta)
+
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc=f"{backend} {spec.name}", unit="step", mininterval=0.5,
-                   smoothing=0.05)
-    stream = BatchStream(cfg.seed, len(Xtr), cfg.batch_size)
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"{backend} {spec.name}", unit="step",
+                   mininterval=0.5, smoothing=0.05)
     chunk = FAST_CHUNK if fast else 1
-    if fast and not hasattr(B, "fast_train_steps"):
-        raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
-    rows = iter(stream)  # drawn as needed: all steps up front would be 6.5 GB at batch 4096
+    rows = iter(BatchStream(cfg.seed, len(Xtr), cfg.batch_size, start=start))  # drawn as needed
     t0 = time.perf_counter()
-    i = 0
-    while i < cfg.steps:
-        k = min(chunk, cfg.steps - i)
-        ix = np.stack([next(rows) for _ in range(k)])
-        if fast:
-            got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix]), dtype=np.float64)
-        else:
-            got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]])], dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(got))
-        if bad.size:
-            if bar:
-                bar.close()
-            raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)
-        losses[i:i + k] = got
-        if step_callback is not None:
-            step_callback(i + k - 1, float(got[-1]))
-        prev, i = i, i + k
-        if bar is not None and (i // 100 != prev // 100 or i == cfg.steps):
-            bar.set_postfix(loss=f"{losses[max(0, i - 100):i].mean():.4f}", refresh=False)
-            bar.update(i - bar.n)  # after the postfix: the line it draws shows the current loss
-        if (ckpt is not None and checkpoint_every and i // checkpoint_every != prev // checkpoint_every
-                and i < cfg.steps):
-            snapshot = B.export_params(model)
-            if first_nonfinite(snapshot):  # the update after a finite loss can still overflow
-                raise TrainingDiverged(i, float("nan"), last_good,
-                                       f"parameter {first_nonfinite(snapshot)!r} is not finite after step {i - 1}")
-            last_good = save_checkpoint(ckpt, snapshot, spec, data.vocab, step=i, backend=backend)
+    i = start
+    try:
+        while i < cfg.steps:
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted(i, save(i) if ckpt is not None else None)
+            k = min(chunk - i % chunk, cfg.steps - i)  # chunk boundaries do not move on a resume
+            ix = np.stack([next(rows) for _ in range(k)])
+            if fast:
+                got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix]), dtype=np.float64)
+            else:
+                got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]])], dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(got))
+            if bad.size:
+                raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)
+            losses[i:i + k] = got
+            if step_callback is not None:
+                step_callback(i + k - 1, float(got[-1]))
+            prev, i = i, i + k
+            if i // 100 != prev // 100 or i == cfg.steps:
+                recent = losses[max(0, i - 100):i].mean()
+                if not warnings and i >= 100 and recent > DIVERGING * losses[0]:
+                    warnings.append(f"warning: the loss averaged {recent:.4g} over steps {i - 100}-{i - 1}, "
+                                    f"{recent / losses[0]:.0f}x its start ({losses[0]:.4g}): the run is "
+                                    "diverging; lower --lr")
+                    if on_warning is not None:
+                        on_warning(warnings[-1])
+                if bar is not None:
+                    bar.set_postfix(loss=f"{recent:.4f}", refresh=False)
+                    bar.update(i - bar.n)  # after the postfix: the line it draws shows the current loss
+            if (ckpt is not None and checkpoint_every and i // checkpoint_every != prev // checkpoint_every
+                    and i < cfg.steps):
+                last_good = save(i)
+    finally:
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - t0
-    if bar:
-        bar.close()
-    res = RunResult(backend, spec, cfg, losses, seconds, model=model, fast=fast)
+    res = RunResult(backend, spec, cfg, losses, seconds, model=model, fast=fast, warnings=warnings,
+                    resumed_from=start or None)
     res.params = B.export_params(model)
     if first_nonfinite(res.params):
         raise TrainingDiverged(cfg.steps, float("nan"), last_good,
@@ -169,21 +253,24 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         toks = B.sample(model, sampling_uniforms(cfg.seed, n_samples))
         res.samples = [data.vocab.decode(t + [0]) for t in toks]
     if ckpt is not None:
-        save_checkpoint(ckpt, res.params, spec, data.vocab, step=cfg.steps, backend=backend,
-                        train_loss=res.train_loss, val_loss=res.val_loss,
-                        batch_size=cfg.batch_size, seed=cfg.seed, fast=fast)
+        state = {"losses": losses, **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+        save_checkpoint(ckpt, res.params, spec, data.vocab, state=state, step=cfg.steps, **meta,
+                        train_loss=res.train_loss, val_loss=res.val_loss)
     return res
 
 
 def write_run(res: RunResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write metrics.json, loss.png and samples.txt for a finished run; returns their paths."""
+    """Write metrics.json, loss.png and samples.txt for a finished run, each atomically (a kill
+    leaves the old file or the new one, never half of one); returns their paths."""
+    import os
     from .report import plot_loss
+    from .runs import write_atomic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "plot": out / "loss.png", "samples": out / "samples.txt"}
-    tmp = paths["metrics"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res.metrics(), indent=1))
-    tmp.replace(paths["metrics"])
-    plot_loss({res.backend: res.losses}, paths["plot"], title=f"{res.spec.name} ({res.backend})")
-    paths["samples"].write_text("\n".join(res.samples) + "\n")
+    write_atomic(paths["metrics"], json.dumps(res.metrics(), indent=1))
+    tmp = out / f".loss.{os.getpid()}.tmp.png"
+    plot_loss({res.backend: res.losses}, tmp, title=f"{res.spec.name} ({res.backend})")
+    os.replace(tmp, paths["plot"])
+    write_atomic(paths["samples"], "\n".join(res.samples) + "\n")
     return paths

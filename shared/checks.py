@@ -63,3 +63,14 @@ def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
         bad = lo if lo < 0 else hi
         raise ValueError(f"token id {bad} is outside the vocab [0, {vocab_size}); "
                          "encode inputs with the model's own vocab (shared.data.Vocab)")
+
+
+def check_state(state: dict, names, what: str = "optimizer state") -> dict:
+    """`state` after checking that it holds exactly `names` (a resumable checkpoint's canonical
+    optimizer state). Raises ValueError naming the missing or unexpected entries."""
+    missing = [n for n in names if n not in state]
+    extra = [n for n in state if n not in names]
+    if missing or extra:
+        raise ValueError(f"{what}: missing {missing}, unexpected {extra}; the checkpoint was written "
+                         "by another optimizer or version: start a new run (--overwrite)")
+    return state

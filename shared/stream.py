@@ -23,14 +23,17 @@ class BatchStream:
     """Minibatch indices: step i's batch is row i % CHUNK of the (i // CHUNK)-th draw
     `rng.integers(0, n, size=(CHUNK, batch_size))` (like the lecture's `torch.randint`).
 
-    Iterating yields int64 arrays of shape (batch_size,), forever.
+    Iterating yields int64 arrays of shape (batch_size,), forever, from step `start` on: the
+    stream's position is the step number, so a resumed run draws exactly the batches the
+    uninterrupted run would (the earlier chunks are drawn and dropped: about 1 ms per 30 chunks).
     """
 
-    def __init__(self, seed: int, n: int, batch_size: int):
-        if n < 1 or batch_size < 1:
-            raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    def __init__(self, seed: int, n: int, batch_size: int, start: int = 0):
+        if n < 1 or batch_size < 1 or start < 0:
+            raise ValueError(f"need n >= 1, batch_size >= 1 and start >= 0, got n={n}, "
+                             f"batch_size={batch_size}, start={start}")
         self.rng = seed_streams(seed)[1]
-        self.n, self.batch_size = n, batch_size
+        self.n, self.batch_size, self.start = n, batch_size, start
 
     def chunks(self):
         """Yield (CHUNK, batch_size) int64 index arrays."""
@@ -38,8 +41,11 @@ class BatchStream:
             yield self.rng.integers(0, self.n, size=(CHUNK, self.batch_size), dtype=np.int64)
 
     def __iter__(self):
-        for c in self.chunks():
-            yield from c
+        skip_chunks, offset = divmod(self.start, CHUNK)
+        for i, c in enumerate(self.chunks()):
+            if i < skip_chunks:
+                continue
+            yield from (c[offset:] if i == skip_chunks else c)
 
     def take(self, steps: int) -> np.ndarray:
         """The first `steps` batches as one (steps, batch_size) int64 array."""

@@ -163,7 +163,7 @@ def test_one_step_is_the_lecture_sgd_update(name, decay_step, lr, rng):
 
 
 def test_the_schedule_is_exactly_the_lecture_step(name):
-    spec = get_spec("mlp")
+    spec = get_spec("mlp", dtype="float64")   # optax computes the schedule in the params' dtype
     B, model = loaded_model(name, spec, init_params(spec, 0))
     opt = B.Optimizer(model, TrainConfig(steps=8, lr_decay_step=3))
     X, Y = np.zeros((4, 3), np.int64), np.ones(4, np.int64)
@@ -214,3 +214,43 @@ def test_sampling_is_deterministic_and_inside_the_vocab(name):
     a, b = B.sample(model, u), B.sample(model, u)
     assert a == b and len(a) == 5 and all(1 <= t < 27 for s in a for t in s)
     assert B.sample(model, sampling_uniforms(3, 0)) == []
+
+
+def test_optimizer_state_round_trips_and_resumes_the_schedule(name, rng):
+    spec = get_spec("mlp", dtype="float64")
+    p = init_params(spec, 0)
+    X, Y = rng.integers(0, 27, size=(8, 3)), rng.integers(0, 27, size=8)
+    cfg = TrainConfig(steps=10, lr_decay_step=3)
+    B, m1 = loaded_model(name, spec, p)
+    o1 = B.Optimizer(m1, cfg)
+    for _ in range(4):
+        B.train_step(m1, o1, X, Y)
+    state = o1.state_dict()
+    assert {k: int(v) for k, v in state.items()} == {"t": 4}
+    _, m2 = loaded_model(name, spec, B.export_params(m1))
+    o2 = B.Optimizer(m2, cfg)
+    o2.load_state_dict(state)
+    assert (o2.t, o2.lr) == (4, 0.01)
+    assert B.train_step(m2, o2, X, Y) == B.train_step(m1, o1, X, Y)   # bitwise, after the decay
+    np.testing.assert_array_equal(B.export_params(m2)["2.weight"], B.export_params(m1)["2.weight"])
+    with pytest.raises(ValueError, match="missing"):
+        o2.load_state_dict({})
+
+
+def test_any_integer_dtype_and_memory_layout_is_accepted(name, rng):
+    spec = get_spec("mlp", dtype="float64")
+    p = perturbed_params(spec, 6)
+    X, Y = rng.integers(0, 27, size=(16, 3)), rng.integers(0, 27, size=16)
+    want_loss, want_grads = loaded_model(name, spec, p)[0].loss_and_grads(loaded_model(name, spec, p)[1], X, Y)
+    layouts = {"int32": (X.astype(np.int32), Y.astype(np.int32)), "uint8": (X.astype(np.uint8), Y.astype(np.uint8)),
+               "negative strides": (np.ascontiguousarray(X[:, ::-1])[:, ::-1], Y[::-1].copy()[::-1]),
+               "Fortran order": (np.asfortranarray(X), Y), "a list": (X.tolist(), Y.tolist())}
+    for what, (x, y) in layouts.items():
+        B, model = loaded_model(name, spec, p)
+        loss, grads = B.loss_and_grads(model, x, y)
+        assert loss == pytest.approx(want_loss, rel=1e-13), what
+        np.testing.assert_allclose(grads["2.weight"], want_grads["2.weight"], rtol=1e-12, err_msg=what)
+        np.testing.assert_allclose(B.forward(model, x), B.forward(model, X), rtol=1e-13, err_msg=what)
+        opt = B.Optimizer(model, TrainConfig(steps=2))
+        assert np.isfinite(B.train_step(model, opt, x, y)), what
+        assert np.isfinite(fast_steps(name, B, model, opt, np.asarray(x)[None], np.asarray(y)[None])).all()
