@@ -6,6 +6,7 @@
     makemore compare --preset P --steps N [--backends numpy,torch,jax] [--dtype float64] [--out DIR]
     makemore bench [--quick] [--out DIR]
     makemore diagnose --backend B|all --preset P [--steps N] [--out DIR]
+    makemore sidebyside [--out PATH]
 """
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ from shared.spec import BN_CONVENTIONS, DTYPES, PRESETS
 
 class UsageError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (docs/design.md, "CLI"): `makemore sidebyside: error: ...`,
+    exit status 2; `-h` still prints the full usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def _common(p: argparse.ArgumentParser, steps_default: int | None = 200_000) -> None:
@@ -38,8 +47,8 @@ def _common(p: argparse.ArgumentParser, steps_default: int | None = 200_000) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="makemore", description="makemore side by side in numpy, torch and JAX")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="makemore", description="makemore side by side in numpy, torch and JAX")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one backend; writes checkpoint, metrics, plot, samples")
     p.add_argument("--backend", default="torch", help="numpy, torch or jax (default torch)")
@@ -71,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", help="numpy, torch, jax or all")
     _common(p, steps_default=1000)
     p.add_argument("--out", default="runs/diagnose", help="output folder (default runs/diagnose)")
+
+    p = sub.add_parser("sidebyside", allow_abbrev=False,
+                       help="one HTML page: the three backends' code in aligned columns, per concept")
+    p.add_argument("--out", default="runs/sidebyside.html",
+                   help="the HTML file to write (default runs/sidebyside.html; the committed copy is "
+                        "docs/sidebyside.html)")
     return ap
 
 
@@ -157,6 +172,23 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_sidebyside(args) -> int:
+    from .sidebyside import MODULE, write_page
+    try:
+        page = write_page(args.out)
+    except OSError as e:
+        raise UsageError(f"cannot write --out {args.out}: {e.strerror or e}") from None
+    concepts = sum(r.name != MODULE for r in page.rows)
+    print(f"wrote {page.path}: {concepts} concepts in {len({r.file for r in page.rows})} files, "
+          f"3 columns (numpy | PyTorch | JAX/Flax)")
+    for path, name in page.missing:
+        print(f"makemore sidebyside: warning: {path} has no {name} (shown as missing)", file=sys.stderr)
+    for name in page.unreferenced:
+        print(f"makemore sidebyside: warning: {name} has no lecture reference (LECTURE in "
+              "makemore/sidebyside.py)", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import bench
     bench(args.quick, args.out)
@@ -176,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import TrainingDiverged
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "sample": cmd_sample, "compare": cmd_compare,
-                "diagnose": cmd_diagnose, "bench": cmd_bench}
+                "diagnose": cmd_diagnose, "bench": cmd_bench, "sidebyside": cmd_sidebyside}
     # SIGTERM unwinds like Ctrl-C, so `finally` blocks (checkpoint temp files) still run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
