@@ -7,6 +7,7 @@
     makemore compare --preset P --steps N [--backends numpy,torch,jax] [--dtype float64] [--out DIR]
     makemore bench [--quick] [--out DIR]
     makemore diagnose --backend B|all --preset P [--steps N] [--out DIR]
+    makemore sidebyside [--out PATH]
 
 This is the only module that reads argparse: it turns library errors into one-line messages and
 exit codes (0 ok, 1 training diverged, 2 bad input, 130 interrupted). No option may be
@@ -27,6 +28,14 @@ from shared.spec import BN_CONVENTIONS, DTYPES, PRESETS
 
 class UsageError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (docs/design.md, "CLI"): `makemore sidebyside: error: ...`,
+    exit status 2; `-h` still prints the full usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 # The run settings of `train` and their defaults; a run folder records them, and `--resume`
@@ -72,9 +81,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """The `makemore` argument parser. With defaults=False every option of `train` defaults to
     argparse.SUPPRESS, so parsing tells which options a command gave (for --resume)."""
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)  # noqa: E731
-    ap = argparse.ArgumentParser(prog="makemore", description="makemore side by side in numpy, torch and JAX",
-                                 allow_abbrev=False)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="makemore", description="makemore side by side in numpy, torch and JAX",
+                 allow_abbrev=False)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(name, **kw):
         return sub.add_parser(name, allow_abbrev=False, **kw)
@@ -117,6 +126,12 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     _common(p, True, steps=1000)
     p.add_argument("--out", default="runs/diagnose", help="output folder (default runs/diagnose)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("sidebyside",
+            help="one HTML page: the three backends' code in aligned columns, per concept")
+    p.add_argument("--out", default="runs/sidebyside.html",
+                   help="the HTML file to write (default runs/sidebyside.html; the committed copy is "
+                        "docs/sidebyside.html)")
     return ap
 
 
@@ -322,6 +337,23 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_sidebyside(args) -> int:
+    from .sidebyside import MODULE, write_page
+    try:
+        page = write_page(args.out)
+    except OSError as e:
+        raise UsageError(f"cannot write --out {args.out}: {e.strerror or e}") from None
+    concepts = sum(r.name != MODULE for r in page.rows)
+    print(f"wrote {page.path}: {concepts} concepts in {len({r.file for r in page.rows})} files, "
+          f"3 columns (numpy | PyTorch | JAX/Flax)")
+    for path, name in page.missing:
+        print(f"makemore sidebyside: warning: {path} has no {name} (shown as missing)", file=sys.stderr)
+    for name in page.unreferenced:
+        print(f"makemore sidebyside: warning: {name} has no lecture reference (LECTURE in "
+              "makemore/sidebyside.py)", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import bench
     bench(args.quick, args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
@@ -344,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     handlers = {"train": lambda a: cmd_train(a, argv), "sample": cmd_sample, "compare": cmd_compare,
-                "diagnose": cmd_diagnose, "bench": cmd_bench}
+                "diagnose": cmd_diagnose, "bench": cmd_bench, "sidebyside": cmd_sidebyside}
     # SIGTERM unwinds like Ctrl-C, so `finally` blocks (temp files, progress bars) still run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
