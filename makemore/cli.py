@@ -122,7 +122,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                    "with --quick; the reference runs committed in bench/results* are copies of such folders)")
 
     p = add("diagnose", help="activation and gradient statistics (lecture Part 3 plots)")
-    p.add_argument("--backend", default="torch", help="numpy, torch, jax or all")
+    p.add_argument("--backend", default=None, help="numpy, torch, jax or all (default torch, or the first installed)")
     _common(p, True, steps=1000)
     p.add_argument("--out", default="runs/diagnose", help="output folder (default runs/diagnose)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -324,7 +324,7 @@ def cmd_diagnose(args) -> int:
     from .registry import available_backends
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1 for the update:data ratio, got {args.steps}")
-    backends = available_backends() if args.backend == "all" else [args.backend]
+    backends = available_backends() if args.backend == "all" else [args.backend or default_backend()]
     for b in backends:
         diagnostics_module(b)  # fail fast: unknown, missing or without diagnostics
     cfg = _config(args)
