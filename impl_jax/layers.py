@@ -36,6 +36,8 @@ class FlattenConsecutive(nnx.Module):
 Linear = nnx.Linear
 
 
+# Flax ships nnx.BatchNorm (biased variance, momentum 0.9 = ours 0.1): written out so every
+# convention of the spec (docs/design.md) is one flag; running stats are nnx.BatchStat.
 class BatchNorm1d(nnx.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
@@ -86,6 +88,7 @@ class BatchNorm1d(nnx.Module):
         return self.gamma[...] * xhat + self.beta[...]
 
 
+# Flax has the function nnx.tanh but no Tanh module: a small one (it can also sow for diagnostics).
 class Tanh(nnx.Module):
     """Elementwise tanh, shape unchanged. Flax has only the function (nnx.tanh), so a Module.
 

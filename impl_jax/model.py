@@ -31,6 +31,7 @@ def _enable_dtype(dtype: str) -> None:
             "starting Python, run on a device with float64 support (CPU), or use --dtype float32")
 
 
+# Flax modules want initialisers and an nnx.Rngs; zeros here, overwritten by load_params with the shared draws.
 def build_model(spec: ModelSpec) -> Sequential:
     """An nnx.Sequential whose `layers[k]` is spec.layers[k], every array in the spec's dtype, in
     train mode.
@@ -95,6 +96,7 @@ def _canonical(model: Sequential) -> dict[str, nnx.Variable]:
     return {name: getattr(model.layers[i], f) for name, (i, f) in _flax_fields(model.spec).items()}
 
 
+# Flax replaces each nnx Variable's array (set_value); no transpose.
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model's nnx Variables.
 
@@ -152,6 +154,7 @@ def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]
     return outs
 
 
+# torch: F.cross_entropy; numpy writes out its backward; optax gives the per-example losses, jax.grad the rest.
 def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
     """Mean cross-entropy of logits (B, vocab) against int labels (B,) (torch's F.cross_entropy).
 

@@ -32,6 +32,7 @@ def threads_for(batch_size: int):
     yield
 
 
+# optax does the update inside an nnx.Optimizer; its state (and the step count) are nnx Variables.
 class Optimizer:
     """An nnx.Optimizer (optax.sgd on the lecture's step schedule) plus what the jitted step
     needs: the graphdef of (model, optimizer) split once, and the live nnx Variables the new

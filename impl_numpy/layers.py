@@ -221,6 +221,7 @@ class Tanh(_Layer):
         return (1.0 - self.out * self.out) * dout
 
 
+# Sequential runs the layers in order forward and in reverse order backward (autograd's job in torch/JAX).
 class Sequential(_Layer):
     """Layers applied in order (index = canonical layer index); backward runs them in reverse."""
 

@@ -13,6 +13,7 @@ from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequenti
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
+# numpy allocates placeholder arrays; torch and Flax modules initialise themselves (overwritten by load_params).
 def build_model(spec: ModelSpec) -> Sequential:
     """A Sequential whose layer k is spec.layers[k], in the spec's dtype, in train mode.
 
@@ -46,6 +47,7 @@ def _canonical(model: Sequential) -> dict[str, np.ndarray]:
     return {name: sd[name] for name in param_shapes(model.spec)}
 
 
+# numpy writes into the layers' own arrays in place.
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model, in place.
 

@@ -58,6 +58,7 @@ def threads_for(batch_size: int):
         yield
 
 
+# torch.optim and optax own their updates; numpy writes SGD out by hand.
 class Optimizer:
     """Plain SGD, `p -= lr_at(cfg, t) * grad` (Part 5's `p.data += -lr * p.grad`), hand-written:
     numpy has no optimizer library. The step count t is kept here (as in torch's Optimizer;

@@ -38,6 +38,8 @@ class FlattenConsecutive(nn.Module):
 Linear = nn.Linear
 
 
+# torch ships nn.BatchNorm1d, but it wants channels in dim 1 and normalises with the biased
+# variance only: written out so every convention of the spec (docs/design.md) is one flag.
 class BatchNorm1d(nn.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 

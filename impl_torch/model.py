@@ -15,6 +15,7 @@ from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequenti
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+# torch.nn modules initialise themselves with torch's RNG; load_params overwrites them with the shared draws.
 def build_model(spec: ModelSpec) -> Sequential:
     """An nn.Sequential whose child k is spec.layers[k], in the spec's dtype, in train mode.
 
@@ -48,6 +49,7 @@ def _canonical(model: Sequential) -> dict[str, tuple[torch.Tensor, bool]]:
                    and name.endswith(".weight")) for name in param_shapes(model.spec)}
 
 
+# torch copies into the Parameters and buffers under no_grad, transposing Linear weights.
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model.
 

@@ -35,6 +35,7 @@ def threads_for(batch_size: int):
         torch.set_num_threads(before)
 
 
+# torch.optim.SGD does the update; the step count and lr live here, as in numpy (optax: in its state).
 class Optimizer:
     """torch.optim.SGD over the model's parameters on the lecture's step schedule, with the step
     count t kept here (as numpy's Optimizer; optax keeps it in its state).
