@@ -191,9 +191,9 @@ def test_notes_are_the_comments_that_say_what_differs(page):
     # Sequential = nn.Sequential shares the comment above `Tanh = nn.Tanh` (one run of assignments)
     seq = {c.backend: c.block.note for c in rows[("layers.py", "Sequential")].cells}
     assert seq["impl_torch"].startswith("torch ships Tanh and Sequential")
-    # no comment above: the first full-line comment inside (JAX's in-place Variable update)
+    # the comment directly above wins over the first full-line comment inside
     bn = {c.backend: c.block.note for c in rows[("layers.py", "BatchNorm1d")].cells}
-    assert bn["impl_jax"].startswith("nnx Variables are updated in place")
+    assert bn["impl_jax"].startswith("Flax ships nnx.BatchNorm") and bn["impl_torch"].startswith("torch ships nn.BatchNorm1d")
     row = next(tree.find(lambda n: n.tag == "section" and n.attrs.get("id") == "c-layers-Linear"))
     notes = [n.text() for n in row.find(lambda n: "note" in n.classes)]
     assert len(notes) == 3 and "(fan_out, fan_in)" in notes[1], notes
