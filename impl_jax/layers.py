@@ -2,7 +2,8 @@
 
 Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb), where
 the lecture writes these layers "torch.nn-like" by hand; here flax.nnx's own modules are used
-wherever Flax ships one (Embed, Linear, Sequential) and the other three are nnx.Modules.
+wherever Flax ships one (Embed, Linear) and the others are nnx.Modules (Sequential subclasses
+nnx.Sequential to take the dropout masks).
 Shapes: B batch, T positions, C channels. Flax docs: https://flax.readthedocs.io/en/latest/nnx_basics.html
 """
 import jax
@@ -109,5 +110,40 @@ class Tanh(nnx.Module):
         return y
 
 
-# Flax ships Sequential: children in `model.layers[k]`, k the canonical layer index.
-Sequential = nnx.Sequential
+# Flax ships nnx.Dropout, but it draws its own masks from nnx.Rngs; here the mask comes from shared.stream.
+class Dropout(nnx.Module):
+    """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
+    Prevent Neural Networks from Overfitting"): out = x * mask, mask of x's shape with values 0
+    (dropped) or 1/(1-p) (kept, scaled so the expected output is x). The masks are drawn in
+    shared.stream.DropoutStream, so every backend drops the same units; no mask (eval mode, or
+    no dropout) is the identity. jax.grad gives the backward, dout * mask.
+    """
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        return x if mask is None else x * mask
+
+
+# Flax ships Sequential (children in `model.layers[k]`, k the canonical layer index); its
+# __call__ hands one output to the next layer, so the masks need a subclass.
+class Sequential(nnx.Sequential):
+    """Layers applied in order (`layers[k]`, k = canonical layer index).
+
+    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    indexed layers (nnx.data: a plain dict of Modules in the graph, with no Variables), so the
+    layer indices, and with them the canonical names, do not move; it does something only in
+    a call given `masks`.
+    """
+
+    def __init__(self, *layers):
+        super().__init__(*layers)
+        self.dropouts = nnx.data({i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, Tanh)})
+
+    def __call__(self, x: jax.Array, masks=None) -> jax.Array:
+        """x (B, block_size) int -> logits (B, vocab_size). `masks`: None, or one dropout mask per
+        Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
+        for i, l in enumerate(self.layers):
+            x = l(x)
+            if i in self.dropouts:
+                x = self.dropouts[i](x, masks.get(i))
+        return x

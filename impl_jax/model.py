@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shared.checks import Float64Unavailable, check_targets, check_token_ids
+from shared.checks import Float64Unavailable, check_masks, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -131,6 +131,12 @@ def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int32)
 
 
+def _masks(model: Sequential, masks, n: int, k: int | None = None) -> list[np.ndarray] | None:
+    # checked (shared.checks.check_masks: one per Tanh, of its output's shape for n examples, with
+    # a leading k for k steps), in the model's dtype; None: no dropout (a separate trace)
+    return check_masks(model.spec, masks, n, k)
+
+
 @nnx.jit
 def _forward(model, X):
     # nnx.jit writes the updated running stats back into `model` (train mode)
@@ -167,16 +173,18 @@ def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
 
 
 @nnx.jit
-def _loss_and_grads(model, X, Y):
-    return nnx.value_and_grad(lambda m: cross_entropy(m(X), Y))(model)
+def _loss_and_grads(model, X, Y, masks):
+    return nnx.value_and_grad(lambda m: cross_entropy(m(X, masks), Y))(model)
 
 
-def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
-    trainable parameter (nnx.Param) under its canonical name and layout."""
+    trainable parameter (nnx.Param) under its canonical name and layout. `masks`: None, or the
+    dropout masks of this step (one per Tanh layer, shared.stream.DropoutStream.masks)."""
     model.train()
     X = _tokens(model, X, train=True)
-    loss, grads = _loss_and_grads(model, X, _targets(model, Y, len(X)))
+    Y = _targets(model, Y, len(X))
+    loss, grads = _loss_and_grads(model, X, Y, _masks(model, masks, len(X)))
     flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
     out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _flax_fields(model.spec).items()
            if (i, f) in flat}

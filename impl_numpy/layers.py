@@ -221,13 +221,38 @@ class Tanh(_Layer):
         return (1.0 - self.out * self.out) * dout
 
 
+# torch ships nn.Dropout, but it draws its own masks; here the mask comes from shared.stream.
+class Dropout(_Layer):
+    """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
+    Prevent Neural Networks from Overfitting"): out = x * mask, mask of x's shape with values 0
+    (dropped) or 1/(1-p) (kept, scaled so the expected output is x). The masks are drawn in
+    shared.stream.DropoutStream, so every backend drops the same units; no mask (eval mode, or
+    no dropout) is the identity. Backward: dx = dout * mask.
+    """
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        self.mask = mask
+        self.out = x if mask is None else x * mask
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self.dout = dout
+        return dout if self.mask is None else dout * self.mask
+
+
 # Sequential runs the layers in order forward and in reverse order backward (autograd's job in torch/JAX).
 class Sequential(_Layer):
-    """Layers applied in order (index = canonical layer index); backward runs them in reverse."""
+    """Layers applied in order (index = canonical layer index); backward runs them in reverse.
+
+    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    indexed layers, so the layer indices, and with them the canonical names, do not move; it
+    does something only in a forward given `masks`.
+    """
 
     def __init__(self, *layers: _Layer):
         super().__init__()
         self.layers = list(layers)
+        self.dropouts = {i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, Tanh)}
 
     def __getitem__(self, i: int) -> _Layer:
         return self.layers[i]
@@ -248,17 +273,24 @@ class Sequential(_Layer):
     def eval(self) -> "Sequential":
         return self.train(False)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        for l in self.layers:
+    def __call__(self, x: np.ndarray, masks=None) -> np.ndarray:
+        """x (B, block_size) int -> logits (B, vocab_size). `masks`: None, or one dropout mask per
+        Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
+        for i, l in enumerate(self.layers):
             x = l(x)
+            if i in self.dropouts:
+                x = self.dropouts[i](x, masks.get(i))
         self.out = x
         return x
 
     def backward(self, dout: np.ndarray) -> None:
         """Backpropagate dLoss/d(logits) through every layer (the embedding ends the chain)."""
         self.dout = dout
-        for l in reversed(self.layers):
-            dout = l.backward(dout)
+        for i in reversed(range(len(self.layers))):
+            if i in self.dropouts:
+                dout = self.dropouts[i].backward(dout)
+            dout = self.layers[i].backward(dout)
 
     def named_parameters(self):
         """Yield (canonical name, array) of the trainable parameters, layer order."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.checks import check_targets, check_token_ids
+from shared.checks import check_masks, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -79,6 +79,12 @@ def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int64)
 
 
+def _masks(model: Sequential, masks, n: int, k: int | None = None) -> list[np.ndarray] | None:
+    # checked (shared.checks.check_masks: one per Tanh, of its output's shape for n examples, with
+    # a leading k for k steps), in the model's dtype; None: no dropout
+    return check_masks(model.spec, masks, n, k)
+
+
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
     statistics and updates the running stats; eval mode uses the running stats."""
@@ -117,13 +123,15 @@ def cross_entropy(logits: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]
     return float(loss), dlogits
 
 
-def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
-    trainable parameter under its canonical name and layout (copies)."""
+    trainable parameter under its canonical name and layout (copies). `masks`: None, or the
+    dropout masks of this step (one per Tanh layer, shared.stream.DropoutStream.masks)."""
     model.train(True)
     X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss, dlogits = cross_entropy(model(X), Y)
+    masks = _masks(model, masks, len(X))
+    loss, dlogits = cross_entropy(model(X, masks), Y)
     model.backward(dlogits)
     grads = {f"{i}.{k}": g.copy() for i, l in enumerate(model) for k, g in l.grads.items()}
     return loss, {k: grads[k] for k in param_shapes(model.spec, buffers=False)}

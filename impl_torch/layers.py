@@ -2,7 +2,8 @@
 
 Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb), where
 the lecture writes these layers "torch.nn-like" by hand; here torch.nn's own modules are used
-wherever torch ships one (Embedding, Linear, Tanh, Sequential) and the other two are nn.Modules.
+wherever torch ships one (Embedding, Linear, Tanh) and the others are nn.Modules (Sequential
+subclasses nn.Sequential to take the dropout masks).
 Shapes: B batch, T positions, C channels.
 """
 import torch
@@ -85,6 +86,44 @@ class BatchNorm1d(nn.Module):
         return f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"
 
 
-# torch ships Tanh and Sequential (children indexed 0..L-1: the canonical layer index).
+# torch ships Tanh.
 Tanh = nn.Tanh
-Sequential = nn.Sequential
+
+
+# torch ships nn.Dropout, but it draws its own masks; here the mask comes from shared.stream.
+class Dropout(nn.Module):
+    """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
+    Prevent Neural Networks from Overfitting"): out = x * mask, mask of x's shape with values 0
+    (dropped) or 1/(1-p) (kept, scaled so the expected output is x). The masks are drawn in
+    shared.stream.DropoutStream, so every backend drops the same units; no mask (eval mode, or
+    no dropout) is the identity. Autograd gives the backward, dout * mask.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x if mask is None else x * mask
+
+
+# torch ships Sequential (children indexed 0..L-1: the canonical layer index); its forward takes
+# one input, so the masks need a subclass.
+class Sequential(nn.Sequential):
+    """Layers applied in order (index = canonical layer index).
+
+    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    indexed layers (a plain dict, not registered: nn.Sequential's children are the indexed
+    layers), so the layer indices, and with them the canonical names, do not move; it does
+    something only in a forward given `masks`.
+    """
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self.dropouts = {i: Dropout() for i, l in enumerate(self) if isinstance(l, Tanh)}
+
+    def forward(self, x: torch.Tensor, masks=None) -> torch.Tensor:
+        """x (B, block_size) int64 -> logits (B, vocab_size). `masks`: None, or one dropout mask
+        per Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
+        for i, l in enumerate(self):
+            x = l(x)
+            if i in self.dropouts:
+                x = self.dropouts[i](x, masks.get(i))
+        return x

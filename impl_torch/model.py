@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.checks import check_targets, check_token_ids
+from shared.checks import check_masks, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec
 
@@ -83,6 +83,13 @@ def _targets(model: Sequential, Y, n: int | None = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int64))
 
 
+def _masks(model: Sequential, masks, n: int, k: int | None = None) -> list[torch.Tensor] | None:
+    # checked (shared.checks.check_masks: one per Tanh, of its output's shape for n examples, with
+    # a leading k for k steps), in the model's dtype; None: no dropout
+    masks = check_masks(model.spec, masks, n, k)
+    return None if masks is None else [torch.from_numpy(m) for m in masks]
+
+
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
     statistics and updates the running stats; eval mode uses the running stats."""
@@ -113,15 +120,17 @@ def cross_entropy(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, Y)
 
 
-def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
-    trainable parameter under its canonical name and layout."""
+    trainable parameter under its canonical name and layout. `masks`: None, or the dropout
+    masks of this step (one per Tanh layer, shared.stream.DropoutStream.masks)."""
     model.train(True)
     for p in model.parameters():
         p.grad = None
     X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss = cross_entropy(model(X), Y)
+    masks = _masks(model, masks, len(X))
+    loss = cross_entropy(model(X, masks), Y)
     loss.backward()
     return loss.item(), {name: (t.grad.T if transposed else t.grad).numpy().copy()
                          for name, (t, transposed) in _canonical(model).items() if t.grad is not None}

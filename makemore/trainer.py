@@ -20,10 +20,9 @@ from shared.params import init_params, num_params
 from .registry import get_backend
 from shared.config import TrainConfig
 from shared.spec import ModelSpec
-from shared.stream import BatchStream, sampling_uniforms, seed_streams
+from shared.stream import BatchStream, DropoutStream, dropout_shapes, sampling_uniforms, seed_streams
 
 
-LECTURE_RECIPE = {"optimizer": "sgd", "schedule": "step", "warmup": 0, "weight_decay": 0.0, "dropout": 0.0}
 FAST_CHUNK = 100  # steps per fast_train_steps call; chunks start at multiples of it, resumed or not
 DIVERGING = 2.0   # a loss averaged over 100 steps above this many times the first loss: warn
 
@@ -79,7 +78,9 @@ class RunResult:
                 "seed": self.config.seed, "dtype": self.spec.dtype,
                 "bn_convention": self.spec.batchnorm.convention,
                 "lr": self.config.lr, "lr_final": self.config.lr_final,
-                "lr_decay_step": self.config.decay_step,
+                "lr_decay_step": self.config.decay_step, "optimizer": self.config.optimizer,
+                "schedule": self.config.schedule, "warmup": self.config.warmup,
+                "weight_decay": self.config.weight_decay, "dropout": self.config.dropout,
                 "train_loss": self.train_loss, "val_loss": self.val_loss,
                 "fast": self.fast, "seconds": self.seconds, "steps_per_s": self.steps_per_s,
                 "resumed_from": self.resumed_from, "warnings": self.warnings,
@@ -121,7 +122,9 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
           evaluate: bool = True, n_samples: int = 20, params: dict | None = None,
           step_callback=None, fast: bool = False, on_start=None, resume: bool = False,
           should_stop=None, on_warning=None) -> RunResult:
-    """Train `spec` on `data` with `backend` for `cfg.steps` optimizer steps.
+    """Train `spec` on `data` with `backend` for `cfg.steps` optimizer steps, with cfg's recipe
+    (SGD or AdamW, step or warm-up + cosine schedule, dropout): with cfg.dropout > 0, step i's
+    masks are shared.stream.DropoutStream(seed, ...).masks(i), handed to the backend's step.
 
     Arguments:
         params: initial canonical parameters; default `init_params(spec, seed stream 0)`.
@@ -135,8 +138,9 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             FAST_CHUNK steps with `fast`).
         on_start: optional callable(model, opt) once the model and optimizer exist, before the
             first step (lets `makemore diagnose` look at the parameters as training goes).
-        fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys)` on
-            chunks of FAST_CHUNK steps (same batches, same schedule, same losses).
+        fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys,
+            masks=...)` on chunks of FAST_CHUNK steps (same batches, same schedule, same
+            dropout masks, same losses).
         should_stop: optional callable() -> bool, asked between steps/chunks; True stops the run
             with a checkpoint at that step (TrainingInterrupted).
         on_warning: optional callable(message) for warnings while training (default: none are
@@ -159,10 +163,6 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     except ValueError as e:
         raise ValueError(f"{e}: --batch-size 2 or more on the command line") from None
     B = get_backend(backend)
-    unsupported = {k: getattr(cfg, k) for k, v in LECTURE_RECIPE.items() if getattr(cfg, k) != v}
-    if unsupported:
-        raise ValueError(f"{unsupported} is not implemented in the backends yet: train with the "
-                         "lecture's recipe (--optimizer sgd --schedule step, no --dropout)")
     if fast and not hasattr(B, "fast_train_steps"):
         raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
     ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
@@ -200,6 +200,8 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
                    mininterval=0.5, smoothing=0.05)
     chunk = FAST_CHUNK if fast else 1
     rows = iter(BatchStream(cfg.seed, len(Xtr), cfg.batch_size, start=start))  # drawn as needed
+    drops = (DropoutStream(cfg.seed, cfg.dropout, dropout_shapes(spec, cfg.batch_size), spec.dtype)
+             if cfg.dropout else None)   # step i's masks, for every backend the same
     t0 = time.perf_counter()
     i = start
     try:
@@ -209,9 +211,11 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             k = min(chunk - i % chunk, cfg.steps - i)  # chunk boundaries do not move on a resume
             ix = np.stack([next(rows) for _ in range(k)])
             if fast:
-                got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix]), dtype=np.float64)
+                masks = drops.take(i, k) if drops else None
+                got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix], masks=masks), dtype=np.float64)
             else:
-                got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]])], dtype=np.float64)
+                masks = drops.masks(i) if drops else None
+                got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]], masks=masks)], dtype=np.float64)
             bad = np.flatnonzero(~np.isfinite(got))
             if bad.size:
                 raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)

@@ -45,6 +45,14 @@ def is_buffer(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in BUFFERS
 
 
+def is_decayed(name: str) -> bool:
+    """True for the parameters AdamW's decoupled weight decay applies to, in every backend: the
+    weight matrices (Linear `k.weight`) and the embedding (`0.weight`); not biases, BatchNorm
+    gamma/beta or running stats (the usual convention: nanoGPT's configure_optimizers decays
+    the 2-D parameters only)."""
+    return name.rsplit(".", 1)[-1] == "weight"
+
+
 def num_params(spec: ModelSpec) -> int:
     """Number of trainable parameters (running stats excluded), as the lecture counts them."""
     return int(sum(np.prod(s) for s in param_shapes(spec, buffers=False).values()))

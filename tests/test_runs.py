@@ -1,6 +1,8 @@
 """Runs a user can trust: a run folder is never replaced silently, and an interrupted run resumes
 bitwise identically (parameters, running stats, every per-step loss, metrics, samples) on every
-backend and path, after a stop request, a Ctrl-C/SIGTERM and a SIGKILL of a real process."""
+backend and path, with the lecture's recipe and with AdamW + warm-up/cosine + dropout (AdamW's
+moments and the dropout stream's position resumed), after a stop request, a Ctrl-C/SIGTERM and
+a SIGKILL of a real process."""
 import json
 import os
 import signal
@@ -11,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import BACKENDS, ROOT
+from helpers import BACKENDS, RECIPE, ROOT
 from makemore import cli
 from makemore.trainer import TrainingInterrupted, train
 from shared.checkpoint import load_checkpoint
@@ -20,10 +22,12 @@ from shared.spec import get_spec
 
 STEPS = 450
 CFG = TrainConfig(steps=STEPS, lr_decay_step=260)      # the decay after the resume points
+RECIPES = {"lecture": CFG,                             # warm-up past the first resume point
+           "adamw-cosine-dropout": TrainConfig(steps=STEPS, warmup=120, **RECIPE)}
 TIMING = ("seconds", "steps_per_s", "resumed_from")
 
 
-def _run(backend, data, out, fast, stop_at=None, resume=False):
+def _run(backend, data, out, fast, stop_at=None, resume=False, recipe="lecture"):
     done = {"steps": 0}
 
     def seen(step, loss):
@@ -31,7 +35,7 @@ def _run(backend, data, out, fast, stop_at=None, resume=False):
 
     def should_stop():   # asked between steps (between 100-step chunks with fast)
         return stop_at is not None and done["steps"] >= stop_at
-    return train(backend, get_spec("mlp"), CFG, data, out_dir=out, checkpoint_every=100, fast=fast,
+    return train(backend, get_spec("mlp"), RECIPES[recipe], data, out_dir=out, checkpoint_every=100, fast=fast,
                  n_samples=5, should_stop=should_stop, resume=resume, step_callback=seen,
                  evaluate=False)   # eval is a function of the parameters, compared bitwise
 
@@ -49,26 +53,31 @@ def _same(a, b):
 _BASE: dict = {}
 
 
-def _uninterrupted(backend, fast, data, tmp_path_factory):
-    key = (backend, fast)
+def _uninterrupted(backend, fast, data, tmp_path_factory, recipe="lecture"):
+    key = (backend, fast, recipe)
     if key not in _BASE:
-        _BASE[key] = _run(backend, data, tmp_path_factory.mktemp("base"), fast)
+        _BASE[key] = _run(backend, data, tmp_path_factory.mktemp("base"), fast, recipe=recipe)
     return _BASE[key]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
-@pytest.mark.parametrize("stop_at", [50, 170], ids=["before-first-checkpoint", "between-checkpoints"])
-def test_a_stopped_run_resumes_bitwise(backend, fast, stop_at, data3, tmp_path, tmp_path_factory):
-    base = _uninterrupted(backend, fast, data3, tmp_path_factory)
+@pytest.mark.parametrize("recipe,stop_at", [("lecture", 50), ("lecture", 170), ("adamw-cosine-dropout", 170)],
+                         ids=["before-first-checkpoint", "between-checkpoints", "adamw-cosine-dropout"])
+def test_a_stopped_run_resumes_bitwise(backend, fast, recipe, stop_at, data3, tmp_path, tmp_path_factory):
+    base = _uninterrupted(backend, fast, data3, tmp_path_factory, recipe)
     with pytest.raises(TrainingInterrupted) as e:
-        _run(backend, data3, tmp_path, fast, stop_at=stop_at)
+        _run(backend, data3, tmp_path, fast, stop_at=stop_at, recipe=recipe)
     step = e.value.step
     assert step == (stop_at if not fast else -(-stop_at // 100) * 100)   # fast: at a chunk's end
     _, md = load_checkpoint(e.value.checkpoint)
     assert md["step"] == step and len(md["state"]["losses"]) == step
     np.testing.assert_array_equal(md["state"]["losses"], base.losses[:step])
-    res = _run(backend, data3, tmp_path, fast, resume=True)
+    if recipe != "lecture":   # AdamW's moments are in the checkpoint, in canonical form
+        assert {k for k in md["state"] if k.startswith("opt.exp_avg")} == {
+            f"opt.{s}.{n}" for s in ("exp_avg", "exp_avg_sq") for n in ("0.weight", "2.weight", "3.gamma",
+                                                                      "3.beta", "5.weight", "5.bias")}
+    res = _run(backend, data3, tmp_path, fast, resume=True, recipe=recipe)
     assert res.resumed_from == step
     _same(res, base)
 
@@ -111,6 +120,19 @@ def test_a_folder_holding_a_run_is_refused_and_unchanged(tmp_path, names_path, c
     assert _snapshot(out) == before
     assert cli.main(_train_argv(names_path, out, "--steps", "100", "--overwrite")) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 100
+
+
+def test_the_recipe_flags_train_and_are_recorded(tmp_path, names_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--optimizer", "adamw", "--schedule", "cosine", "--warmup", "30", "--weight-decay", "0.1",
+             "--dropout", "0.1", "--lr", "0.01", "--lr-final", "0.001"]
+    assert cli.main(_train_argv(names_path, out, *flags)) == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["optimizer"], m["schedule"], m["warmup"], m["weight_decay"], m["dropout"]) == (
+        "adamw", "cosine", 30, 0.1, 0.1)
+    assert m["loss"][-1] < m["loss"][0] and m["val_loss"] < 3.0
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["config"]["optimizer"] == "adamw" and rec["settings"]["dropout"] == 0.1
 
 
 def test_no_option_may_be_abbreviated(tmp_path, names_path, capsys):
