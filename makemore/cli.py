@@ -9,6 +9,7 @@
     makemore diagnose --backend B|all --preset P [--steps N] [--out DIR]
     makemore sweep STUDY.toml [--storage URL] [--workers N] [--n-trials N] [--out DIR]
     makemore sweep --report STUDY.toml|NAME [--storage URL]
+    makemore reproduce [--backend B] [--seeds K] [--quick] [--out DIR]
 
 This is the only module that reads argparse: it turns library errors into one-line messages and
 exit codes (0 ok, 1 training diverged, 2 bad input, 130 interrupted). No option may be
@@ -135,6 +136,18 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="print the leaderboard and the best trial's "
                    "command, write history/parallel/importances plots into the study's folder")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # a worker process (internal)
+
+    p = add("reproduce", help="the lecture's performance log (Part 5, five rows) trained with its recipe, "
+            "beside the lecture's losses")
+    p.add_argument("--backend", default=None, help="numpy, torch or jax (default: the fastest installed, jax)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per row, seeds 42, 43, ... (default 1); "
+                   "mean ± sd when more than one")
+    p.add_argument("--quick", action="store_true", help="300 steps per run (a smoke test, not the lecture's numbers)")
+    p.add_argument("--plain", action="store_true", help="every row on the backend's plain path (train.py), "
+                   "not its fast path")
+    p.add_argument("--out", default=None, help="folder of the runs (default runs/reproduce, or "
+                   "runs/reproduce-quick with --quick); finished runs there are reused, interrupted ones resumed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("diagnose", help="activation and gradient statistics (lecture Part 3 plots)")
     p.add_argument("--backend", default="torch", help="numpy, torch, jax or all")
@@ -350,7 +363,11 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    import importlib.util
     from shared.threads import available_cores
+    if importlib.util.find_spec("optuna") is None:
+        raise UsageError("makemore sweep needs Optuna, which is not installed; install it from the "
+                         "checkout with: pip install -e '.[sweep]'")
     from . import study as studies
     from . import sweep
     if args.report:
@@ -380,6 +397,29 @@ def cmd_sweep(args) -> int:
     return rc
 
 
+def cmd_reproduce(args) -> int:
+    from .registry import get_backend
+    from .reproduce import reproduce
+    from .sweep import fastest_backend
+    from .trainer import TrainingInterrupted
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    backend = args.backend or fastest_backend()
+    get_backend(backend)
+    out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
+    try:
+        with _StopFlag() as stop:
+            text, _ = reproduce(backend, args.seeds, args.quick, out, progress=not args.no_progress, stop=stop,
+                                plain=args.plain)
+    except TrainingInterrupted as e:
+        print(f"makemore reproduce: interrupted after step {e.step}; run the same command again to "
+              "continue (finished runs are reused, the interrupted one resumes)", file=sys.stderr)
+        return 130
+    print(text)
+    print(f"wrote {out / 'reproduce.md'} and {out / 'reproduce.json'}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import bench
     bench(args.quick, args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
@@ -402,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     handlers = {"train": lambda a: cmd_train(a, argv), "sample": cmd_sample, "compare": cmd_compare,
-                "diagnose": cmd_diagnose, "bench": cmd_bench, "sweep": cmd_sweep}
+                "diagnose": cmd_diagnose, "bench": cmd_bench, "sweep": cmd_sweep,
+                "reproduce": cmd_reproduce}
     # SIGTERM unwinds like Ctrl-C, so `finally` blocks (temp files, progress bars) still run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from helpers import ROOT
+
+pytest.importorskip("optuna")   # the `sweep` extra (make test installs it)
 from makemore import cli
 from makemore import study as studies
 from makemore import sweep
