@@ -595,8 +595,10 @@ def run_sweep(st: Study, url: str, n_trials: int, workers: int, folder: Path) ->
     for k in range(workers):
         cmd = [sys.executable, "-m", "makemore", "sweep", str(st.path), "--storage", url, "--n-trials",
                str(n_trials), "--out", str(folder), "--worker", str(k)]
-        # pinned before the interpreter starts, so BLAS and XLA see one core from the first import
-        procs.append(subprocess.Popen(cmd, env=worker_env(), preexec_fn=lambda k=k: pin_to_core(k)))
+        # pinned before the interpreter starts, so BLAS and XLA see one core from the first import; in
+        # a session of its own, so a Ctrl-C reaches this process only, which stops each worker once
+        procs.append(subprocess.Popen(cmd, env=worker_env(), preexec_fn=lambda k=k: pin_to_core(k),
+                                      start_new_session=True))
     try:
         codes: list[int | None] = [None] * workers
         while None in codes:   # reap each worker as it ends, and say how a killed one ended
@@ -607,15 +609,15 @@ def run_sweep(st: Study, url: str, n_trials: int, workers: int, folder: Path) ->
                         print(f"worker {k} (pid {p.pid}) was killed by signal {-p.returncode}; the others "
                               "go on and mark its trial failed", file=sys.stderr, flush=True)
             time.sleep(0.2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM (cli.main): each worker stops its trial between steps
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                p.kill()   # a second Ctrl-C, or a worker that does not stop: its trial is failed later
         print("makemore sweep: interrupted; run the same command again to continue the study",
               file=sys.stderr)
         return 130

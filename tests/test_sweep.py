@@ -115,6 +115,7 @@ def test_an_unreachable_storage_is_one_line_without_the_password(tmp_path, capsy
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_dead_workers_running_trial_is_marked_failed(tmp_path):
     st = studies.load(SMOKE)
     url = sweep.default_storage(tmp_path)
@@ -205,6 +206,25 @@ def test_running_the_sweep_again_continues_the_study(smoke, names_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 of 4 trials done" in r.stdout and "best: trial" in r.stdout
+
+
+def test_sigterm_stops_the_sweep_between_steps_and_fails_its_trial(smoke, names_path):
+    import optuna
+    proc = subprocess.Popen(_sweep_cmd(SMOKE, "--workers", 1, "--n-trials", 5, "--out", smoke["out"]), cwd=ROOT,
+                            env=_env(names_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, new = time.time() + 60, None
+    while new is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        for t in optuna.load_study(study_name="smoke", storage=smoke["url"]).get_trials():
+            if t.state.name == "RUNNING" and "run" in t.user_attrs:
+                new = t.number
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert new is not None and proc.returncode == 130, output
+    t = optuna.load_study(study_name="smoke", storage=smoke["url"]).trials[new]
+    assert t.state.name == "FAIL" and t.user_attrs["outcome"] == "interrupted", output
+    rec = json.loads((smoke["out"] / f"trial-{new:04d}" / "run.json").read_text())
+    assert rec["status"] == "interrupted" and "run the same command again" in output
 
 
 def test_the_report_and_the_best_trials_command(smoke, names_path, tmp_path, capsys, monkeypatch):
