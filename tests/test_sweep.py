@@ -116,9 +116,10 @@ def test_an_unreachable_storage_is_one_line_without_the_password(tmp_path, capsy
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_a_dead_workers_running_trial_is_marked_failed(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_dead_workers_running_trial_is_marked_failed(tmp_path, kind):
     st = studies.load(SMOKE)
-    url = sweep.default_storage(tmp_path)
+    url = sweep.default_storage(tmp_path) if kind == "sqlite" else f"journal:{tmp_path / 'journal.log'}"
     storage = sweep.open_storage(url)
     study = sweep.open_study(st, storage, url, tmp_path)
     dead = subprocess.Popen(["true"])
@@ -150,9 +151,8 @@ def _sweep_cmd(*args):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, names_path):
-    """studies/smoke.toml, 4 trials, 2 worker processes; worker 1 is SIGKILLed inside its first
-    trial, worker 0 goes on and finishes the study."""
-    import optuna
+    """studies/smoke.toml, 4 trials, 2 worker processes; the worker of the first trial to start
+    training is SIGKILLed, the other goes on and finishes the study."""
     out = tmp_path_factory.mktemp("smoke")
     t0 = time.perf_counter()
     proc = subprocess.Popen(_sweep_cmd(SMOKE, "--workers", 2, "--out", out), cwd=ROOT, env=_env(names_path),
@@ -161,19 +161,15 @@ def smoke(tmp_path_factory, names_path):
     killed = None
     deadline = time.time() + 60
     while killed is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        if not (out / "study.db").exists():
-            continue
-        try:
-            study = optuna.load_study(study_name="smoke", storage=url)
-            trials = study.get_trials()
-        except Exception:   # the parent is still creating it
-            continue
-        for t in trials:
-            if t.state.name == "RUNNING" and t.user_attrs.get("worker") == 1 and "run" in t.user_attrs:
-                os.kill(int(t.user_attrs["pid"]), signal.SIGKILL)
-                killed = t.number
-                break
+        time.sleep(0.1)
+        for f in out.glob("trial-*/run.json"):   # a trial is training: kill its worker
+            try:
+                rec = json.loads(f.read_text())
+            except ValueError:
+                continue
+            os.kill(rec["pid"], signal.SIGKILL)
+            killed = rec["study"]["trial"]
+            break
     output, _ = proc.communicate(timeout=240)
     return {"out": out, "url": url, "rc": proc.returncode, "output": output, "killed": killed,
             "seconds": time.perf_counter() - t0}
@@ -201,30 +197,32 @@ def test_two_workers_finish_the_study_when_one_is_killed(smoke):
     assert smoke["seconds"] < 120, smoke["seconds"]
 
 
-def test_running_the_sweep_again_continues_the_study(smoke, names_path):
-    r = subprocess.run(_sweep_cmd(SMOKE, "--workers", 2, "--out", smoke["out"]), cwd=ROOT, env=_env(names_path),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "4 of 4 trials done" in r.stdout and "best: trial" in r.stdout
+def test_running_the_sweep_again_continues_the_study(smoke, names_path, capsys, monkeypatch):
+    monkeypatch.setenv("MAKEMORE_DATA", str(names_path))
+    assert cli.main(["sweep", str(SMOKE), "--workers", "2", "--out", str(smoke["out"])]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 trials done" in out and "best: trial" in out   # the target is met: no worker starts
 
 
-def test_sigterm_stops_the_sweep_between_steps_and_fails_its_trial(smoke, names_path):
+def test_sigterm_stops_the_sweep_between_steps_and_fails_its_trial(tmp_path, names_path):
     import optuna
-    proc = subprocess.Popen(_sweep_cmd(SMOKE, "--workers", 1, "--n-trials", 5, "--out", smoke["out"]), cwd=ROOT,
+    toml = _toml(tmp_path, BASE.replace('"t"', '"long"') + "[fixed]\nsteps = 50000\n[pruner]\nkind = 'none'\n")
+    url = sweep.default_storage(tmp_path)
+    proc = subprocess.Popen(_sweep_cmd(toml, "--workers", 1, "--n-trials", 1, "--out", tmp_path), cwd=ROOT,
                             env=_env(names_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline, new = time.time() + 60, None
     while new is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-        for t in optuna.load_study(study_name="smoke", storage=smoke["url"]).get_trials():
-            if t.state.name == "RUNNING" and "run" in t.user_attrs:
-                new = t.number
+        new = 0 if (tmp_path / "trial-0000" / "run.json").exists() else None
+    time.sleep(1)   # into the training steps
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert new is not None and proc.returncode == 130, output
-    t = optuna.load_study(study_name="smoke", storage=smoke["url"]).trials[new]
+    t = optuna.load_study(study_name="long", storage=url).trials[new]
     assert t.state.name == "FAIL" and t.user_attrs["outcome"] == "interrupted", output
-    rec = json.loads((smoke["out"] / f"trial-{new:04d}" / "run.json").read_text())
-    assert rec["status"] == "interrupted" and "run the same command again" in output
+    rec = json.loads((tmp_path / f"trial-{new:04d}" / "run.json").read_text())
+    assert rec["status"] == "interrupted" and 0 < rec["step"] < 50000, rec
+    assert "run the same command again" in output
 
 
 def test_the_report_and_the_best_trials_command(smoke, names_path, tmp_path, capsys, monkeypatch):
