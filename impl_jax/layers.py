@@ -54,23 +54,30 @@ class BatchNorm1d(nnx.Module):
 
     Train/eval the nnx way: `use_running_average` is the attribute `model.train()` sets to False
     and `model.eval()` sets to True (as on nnx.BatchNorm). Arrays are created in `dtype`.
+
+    positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
-                 *, dtype=jnp.float32, use_running_average: bool = False):
+                 *, dtype=jnp.float32, use_running_average: bool = False, positions: int = 0):
         if convention not in ("lecture", "torch", "flax"):
             raise ValueError(f"unknown BatchNorm convention {convention!r}")
         self.eps, self.momentum, self.convention = eps, momentum, convention
         self.use_running_average = use_running_average
+        self.positions = positions
+        stat = (positions, dim) if positions else (dim,)
         self.gamma = nnx.Param(jnp.ones(dim, dtype=dtype))
         self.beta = nnx.Param(jnp.zeros(dim, dtype=dtype))
-        self.running_mean = nnx.BatchStat(jnp.zeros(dim, dtype=dtype))
-        self.running_var = nnx.BatchStat(jnp.ones(dim, dtype=dtype))
+        self.running_mean = nnx.BatchStat(jnp.zeros(stat, dtype=dtype))
+        self.running_var = nnx.BatchStat(jnp.ones(stat, dtype=dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if not self.use_running_average:
             axes = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
-            n = x.size // x.shape[-1]
+            if self.positions:
+                axes = (0,)                   # pre-fix: statistics per position and channel
+            n = x.size // x.shape[-1] if not self.positions else x.shape[0]
             if n < 2:
                 raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
             xmean = x.mean(axes)

@@ -52,7 +52,7 @@ def build_model(spec: ModelSpec) -> Sequential:
     rngs = nnx.Rngs(0)
     zeros = lambda key, shape, dtype: jnp.asarray(np.zeros(shape, dtype))  # noqa: E731
     layers = []
-    for l in spec.layers:
+    for i, l in enumerate(spec.layers):
         if l.kind == "embedding":
             layers.append(Embedding(l.num, l.dim, dtype=dtype, param_dtype=dtype, embedding_init=zeros,
                                     rngs=rngs))
@@ -63,7 +63,7 @@ def build_model(spec: ModelSpec) -> Sequential:
                                  kernel_init=zeros, rngs=rngs))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
-                                      dtype=dtype))
+                                      dtype=dtype, positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
         else:

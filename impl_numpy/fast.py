@@ -195,6 +195,9 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None) -> np.ndarray:
             shapes, a batch too small for BatchNorm) or check_masks; the model is unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
+    if model.spec.batchnorm.per_position:   # the fused step normalises over every row of a channel
+        raise ValueError("the numpy fast path does not implement the lecture's pre-fix BatchNorm "
+                         "(per position, BatchNormSpec.per_position); train it without --fast")
     masks = _masks(model, masks, Xs.shape[1], len(Xs))
     Xs, Ys = np.ascontiguousarray(Xs, dtype=np.int64), np.ascontiguousarray(Ys, dtype=np.int64)
     losses = np.empty(len(Xs), dtype=np.float64)

@@ -149,18 +149,23 @@ class BatchNorm1d(_Layer):
     variance (d = n - 1 unbiased, d = n biased) and n = B or B*T reduced elements:
         dx = inv_std / n * (n * dxhat - sum(dxhat) - (n / d) * xhat * sum(dxhat * xhat)),
     dxhat = gamma * dout, sums over the reduced axes. (The lecture's n/(n-1) is the d = n-1 case.)
+
+    positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
-                 dtype="float32"):
+                 dtype="float32", positions: int = 0):
         super().__init__()
         if convention not in ("lecture", "torch", "flax"):
             raise ValueError(f"unknown BatchNorm convention {convention!r}")
         self.eps, self.momentum, self.convention = eps, momentum, convention
+        self.positions = positions
+        stat = (positions, dim) if positions else (dim,)
         self.gamma = np.ones(dim, dtype=dtype)
         self.beta = np.zeros(dim, dtype=dtype)
-        self.running_mean = np.zeros(dim, dtype=dtype)
-        self.running_var = np.ones(dim, dtype=dtype)
+        self.running_mean = np.zeros(stat, dtype=dtype)
+        self.running_var = np.ones(stat, dtype=dtype)
 
     def parameters(self):
         return {"gamma": self.gamma, "beta": self.beta}
@@ -171,7 +176,9 @@ class BatchNorm1d(_Layer):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
-            n = x.size // x.shape[-1]
+            if self.positions:
+                dims = (0,)                   # pre-fix: statistics per position and channel
+            n = x.size // x.shape[-1] if not self.positions else x.shape[0]
             if n < 2:
                 raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
             xmean = x.mean(dims)
@@ -205,6 +212,8 @@ class BatchNorm1d(_Layer):
         if not self.training:
             return dxhat * self.inv_std
         n = dout.size // dout.shape[-1]
+        if self.positions:
+            dims, n = (0,), dout.shape[0]
         return self.inv_std / n * (n * dxhat - dxhat.sum(dims) - (n / self.d) * xhat * (dxhat * xhat).sum(dims))
 
 

@@ -21,7 +21,7 @@ def build_model(spec: ModelSpec) -> Sequential:
     """
     bn, dt = spec.batchnorm, DTYPES[spec.dtype]
     layers = []
-    for l in spec.layers:
+    for i, l in enumerate(spec.layers):
         if l.kind == "embedding":
             layers.append(Embedding(l.num, l.dim, dtype=dt))
         elif l.kind == "flatten":
@@ -30,7 +30,7 @@ def build_model(spec: ModelSpec) -> Sequential:
             layers.append(Linear(l.fan_in, l.fan_out, bias=l.bias, dtype=dt))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
-                                      dtype=dt))
+                                      dtype=dt, positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
         else:

@@ -199,6 +199,9 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None, compile: bool = 
             shapes, a batch too small for BatchNorm) or check_masks; the model is unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
+    if model.spec.batchnorm.per_position:   # the fused step normalises over every row of a channel
+        raise ValueError("the torch fast path does not implement the lecture's pre-fix BatchNorm "
+                         "(per position, BatchNormSpec.per_position); train it without --fast")
     masks = _masks(model, masks, Xs.shape[1], len(Xs))
     k = len(Xs)
     X = torch.from_numpy(np.ascontiguousarray(Xs, dtype=np.int64))  # from_numpy refuses negative strides

@@ -50,22 +50,30 @@ class BatchNorm1d(nn.Module):
     `convention` (docs/design.md): 'lecture' normalises with the unbiased variance and keeps it;
     'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
     the biased one for both. running = (1 - momentum) * running + momentum * batch.
+
+    positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture"):
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
+                 positions: int = 0):
         super().__init__()
         if convention not in ("lecture", "torch", "flax"):
             raise ValueError(f"unknown BatchNorm convention {convention!r}")
         self.eps, self.momentum, self.convention = eps, momentum, convention
+        self.positions = positions
+        stat = (positions, dim) if positions else (dim,)
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("running_mean", torch.zeros(dim))
-        self.register_buffer("running_var", torch.ones(dim))
+        self.register_buffer("running_mean", torch.zeros(stat))
+        self.register_buffer("running_var", torch.ones(stat))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
-            n = x.numel() // x.shape[-1]
+            if self.positions:
+                dims = (0,)                   # pre-fix: statistics per position and channel
+            n = x.numel() // x.shape[-1] if not self.positions else x.shape[0]
             if n < 2:
                 raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
             xmean = x.mean(dims)
@@ -83,7 +91,8 @@ class BatchNorm1d(nn.Module):
         return self.gamma * xhat + self.beta
 
     def extra_repr(self) -> str:
-        return f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"
+        return (f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"
+                + (f", positions={self.positions}" if self.positions else ""))
 
 
 # torch ships Tanh.

@@ -23,7 +23,7 @@ def build_model(spec: ModelSpec) -> Sequential:
     """
     bn = spec.batchnorm
     layers = []
-    for l in spec.layers:
+    for i, l in enumerate(spec.layers):
         if l.kind == "embedding":
             layers.append(Embedding(l.num, l.dim))
         elif l.kind == "flatten":
@@ -31,7 +31,8 @@ def build_model(spec: ModelSpec) -> Sequential:
         elif l.kind == "linear":
             layers.append(Linear(l.fan_in, l.fan_out, bias=l.bias))
         elif l.kind == "batchnorm":
-            layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention))
+            layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
+                                      positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
         else:

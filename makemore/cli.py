@@ -8,6 +8,9 @@
     makemore bench [--quick] [--out DIR]
     makemore diagnose --backend B|all --preset P [--steps N] [--out DIR]
     makemore sidebyside [--out PATH]
+    makemore sweep STUDY.toml [--storage URL] [--workers N] [--n-trials N] [--out DIR]
+    makemore sweep --report STUDY.toml|NAME [--storage URL]
+    makemore reproduce [--backend B] [--seeds K] [--quick] [--out DIR]
 
 This is the only module that reads argparse: it turns library errors into one-line messages and
 exit codes (0 ok, 1 training diverged, 2 bad input, 130 interrupted). No option may be
@@ -43,7 +46,8 @@ class _Parser(argparse.ArgumentParser):
 RUN_DEFAULTS = {"preset": "wavenet", "steps": 200_000, "batch_size": 32, "seed": 42,
                 "dtype": "float32", "bn": "lecture", "lr": 0.1, "lr_final": 0.01,
                 "lr_decay_step": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
-                "weight_decay": 0.0, "dropout": 0.0, "fast": False}
+                "weight_decay": 0.0, "dropout": 0.0, "fast": False,
+                "n_embd": None, "n_hidden": None, "bn_per_position": False}
 
 
 def default_backend() -> str:
@@ -62,6 +66,11 @@ def _common(p: argparse.ArgumentParser, defaults: bool, steps: int = 200_000) ->
     p.add_argument("--dtype", default=d("float32"), choices=DTYPES, help="parameter and activation dtype (default float32)")
     p.add_argument("--bn", default=d("lecture"), choices=BN_CONVENTIONS, help="BatchNorm convention (docs/design.md): lecture = unbiased variance (default), "
                         "torch = nn.BatchNorm1d, flax = nnx.BatchNorm")
+    p.add_argument("--bn-per-position", action="store_true", default=d(False),
+                   help="the lecture's BatchNorm1d before its fix (Part 5 at 38:50): 3-D input reduced over "
+                        "dim 0 only, statistics per position and channel")
+    p.add_argument("--n-embd", type=int, default=d(None), help="embedding size (default: the preset's)")
+    p.add_argument("--n-hidden", type=int, default=d(None), help="hidden layer width (default: the preset's)")
     p.add_argument("--lr", type=float, default=d(0.1), help="learning rate before the decay step (default 0.1)")
     p.add_argument("--lr-final", type=float, default=d(0.01), help="learning rate from the decay step on (default 0.01)")
     p.add_argument("--lr-decay-step", type=int, default=d(None),
@@ -121,6 +130,34 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default runs/bench, or runs/bench-quick "
                    "with --quick; the reference runs committed in bench/results* are copies of such folders)")
 
+    p = add("sweep", help="search a study's hyperparameters with Optuna (studies/*.toml); each trial is a run folder")
+    p.add_argument("study", help="a study file (e.g. studies/lecture-lr.toml, or its name lecture-lr); with "
+                   "--report also the name of a study in the storage")
+    p.add_argument("--storage", default=None, help="an Optuna storage URL (e.g. postgresql://user:pass@host/db, "
+                   "sqlite:///path.db) or journal:PATH (default sqlite in the study's folder); workers on "
+                   "several machines given the same URL join one study")
+    p.add_argument("--workers", type=int, default=None, help="worker processes on this machine, one core "
+                   "and one thread each (default: one per available core)")
+    p.add_argument("--n-trials", type=int, default=None, help="the study's target number of trials, "
+                   "counting those already done (default: the study's n_trials)")
+    p.add_argument("--out", default=None, help="folder of the trials' run folders and the default storage "
+                   "(default runs/studies/NAME)")
+    p.add_argument("--report", action="store_true", help="print the leaderboard and the best trial's "
+                   "command, write history/parallel/importances plots into the study's folder")
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # a worker process (internal)
+
+    p = add("reproduce", help="the lecture's performance log (Part 5, five rows) trained with its recipe, "
+            "beside the lecture's losses")
+    p.add_argument("--backend", default=None, help="numpy, torch or jax (default: the fastest installed, jax)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per row, seeds 42, 43, ... (default 1); "
+                   "mean ± sd when more than one")
+    p.add_argument("--quick", action="store_true", help="300 steps per run (a smoke test, not the lecture's numbers)")
+    p.add_argument("--plain", action="store_true", help="every row on the backend's plain path (train.py), "
+                   "not its fast path")
+    p.add_argument("--out", default=None, help="folder of the runs (default runs/reproduce, or "
+                   "runs/reproduce-quick with --quick); finished runs there are reused, interrupted ones resumed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     p = add("diagnose", help="activation and gradient statistics (lecture Part 3 plots)")
     p.add_argument("--backend", default=None, help="numpy, torch, jax or all (default torch, or the first installed)")
     _common(p, True, steps=1000)
@@ -146,9 +183,12 @@ def _config(args):
 def _spec_and_data(args):
     from shared.data import load_dataset
     from shared.spec import get_spec
-    probe = get_spec(args.preset)
+    sizes = {"n_embd": getattr(args, "n_embd", None), "n_hidden": getattr(args, "n_hidden", None),
+             "bn_per_position": getattr(args, "bn_per_position", False)}
+    probe = get_spec(args.preset, **sizes)
     data = load_dataset(probe.block_size, args.data)
-    spec = get_spec(args.preset, vocab_size=data.vocab.vocab_size, dtype=args.dtype, bn_convention=args.bn)
+    spec = get_spec(args.preset, vocab_size=data.vocab.vocab_size, dtype=args.dtype, bn_convention=args.bn,
+                    **sizes)
     return spec, data
 
 
@@ -354,6 +394,64 @@ def cmd_sidebyside(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import importlib.util
+    from shared.threads import available_cores
+    if importlib.util.find_spec("optuna") is None:
+        raise UsageError("makemore sweep needs Optuna, which is not installed; install it from the "
+                         "checkout with: pip install -e '.[sweep]'")
+    from . import study as studies
+    from . import sweep
+    if args.report:
+        path = Path(args.study)
+        name = studies.load(path).name if (path.suffix == ".toml" or path.is_file()) else args.study
+        folder = sweep.study_dir(name, args.out)
+        if args.storage is None and not (folder / "study.db").is_file():
+            raise UsageError(f"no study {name!r} here: {folder / 'study.db'} does not exist (run the sweep, "
+                             "or give the --storage URL it ran with)")
+        print(sweep.report(name, args.storage or sweep.default_storage(folder), folder))
+        return 0
+    st = studies.load(studies.find(args.study))
+    n_trials = st.n_trials if args.n_trials is None else args.n_trials
+    workers = available_cores() if args.workers is None else args.workers
+    if n_trials < 1 or workers < 1:
+        raise UsageError(f"--n-trials and --workers must be >= 1, got {n_trials} and {workers}")
+    folder = sweep.study_dir(st.name, args.out)
+    url = args.storage or sweep.default_storage(folder)
+    if args.worker is not None:   # one worker process, started by run_sweep
+        sweep.pin_to_core(args.worker)
+        return sweep.run_worker(st, url, n_trials, folder, args.worker)
+    rc = sweep.run_sweep(st, url, n_trials, workers, folder)
+    if rc == 0:
+        print(sweep.report(st.name, url, folder, plots=False, top=10))
+        print(f"the whole leaderboard and plots: makemore sweep --report {args.study}"
+              + (f" --out {args.out}" if args.out else "") + (" --storage URL" if args.storage else ""))
+    return rc
+
+
+def cmd_reproduce(args) -> int:
+    from .registry import get_backend
+    from .reproduce import reproduce
+    from .sweep import fastest_backend
+    from .trainer import TrainingInterrupted
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    backend = args.backend or fastest_backend()
+    get_backend(backend)
+    out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
+    try:
+        with _StopFlag() as stop:
+            text, _ = reproduce(backend, args.seeds, args.quick, out, progress=not args.no_progress, stop=stop,
+                                plain=args.plain)
+    except TrainingInterrupted as e:
+        print(f"makemore reproduce: interrupted after step {e.step}; run the same command again to "
+              "continue (finished runs are reused, the interrupted one resumes)", file=sys.stderr)
+        return 130
+    print(text)
+    print(f"wrote {out / 'reproduce.md'} and {out / 'reproduce.json'}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import bench
     bench(args.quick, args.out or ("runs/bench-quick" if args.quick else "runs/bench"))
@@ -376,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     handlers = {"train": lambda a: cmd_train(a, argv), "sample": cmd_sample, "compare": cmd_compare,
-                "diagnose": cmd_diagnose, "bench": cmd_bench, "sidebyside": cmd_sidebyside}
+                "diagnose": cmd_diagnose, "bench": cmd_bench, "sidebyside": cmd_sidebyside,
+                "sweep": cmd_sweep, "reproduce": cmd_reproduce}
     # SIGTERM unwinds like Ctrl-C, so `finally` blocks (temp files, progress bars) still run
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

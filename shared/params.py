@@ -2,7 +2,8 @@
 
 Names follow the layer index and the lecture's field names: `0.weight` (embedding,
 (vocab_size, n_embd)), `k.weight` for Linear in (fan_in, fan_out) layout, `k.bias`, `k.gamma`,
-`k.beta`, `k.running_mean`, `k.running_var` (always shape (C,)).
+`k.beta`, `k.running_mean`, `k.running_var` (shape (C,); (T, C) for the lecture's pre-fix
+per-position BatchNorm on 3-D input, ModelSpec.bn_positions).
 Initialisation as in makemore_part5_cnn1.ipynb: embedding randn; Linear randn / sqrt(fan_in), bias
 zero; the last Linear's weight x0.1; gamma 1, beta 0, running_mean 0, running_var 1.
 """
@@ -33,8 +34,9 @@ def param_shapes(spec: ModelSpec, buffers: bool = True) -> dict[str, tuple[int, 
             out[f"{i}.gamma"] = (l.dim,)
             out[f"{i}.beta"] = (l.dim,)
             if buffers:
-                out[f"{i}.running_mean"] = (l.dim,)
-                out[f"{i}.running_var"] = (l.dim,)
+                stat = (spec.bn_positions(i), l.dim) if spec.bn_positions(i) else (l.dim,)
+                out[f"{i}.running_mean"] = stat
+                out[f"{i}.running_var"] = stat
         elif l.kind not in ("flatten", "tanh"):
             raise ValueError(f"layer {i}: unknown kind {l.kind!r}")
     return out
@@ -81,8 +83,9 @@ def init_params(spec: ModelSpec, seed: int | np.random.Generator = 0) -> dict[st
         elif l.kind == "batchnorm":
             out[f"{i}.gamma"] = np.ones(l.dim)
             out[f"{i}.beta"] = np.zeros(l.dim)
-            out[f"{i}.running_mean"] = np.zeros(l.dim)
-            out[f"{i}.running_var"] = np.ones(l.dim)
+            stat = (spec.bn_positions(i), l.dim) if spec.bn_positions(i) else (l.dim,)
+            out[f"{i}.running_mean"] = np.zeros(stat)
+            out[f"{i}.running_var"] = np.ones(stat)
     return {k: v.astype(dtype) for k, v in out.items()}
 
 
