@@ -211,11 +211,11 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             k = min(chunk - i % chunk, cfg.steps - i)  # chunk boundaries do not move on a resume
             ix = np.stack([next(rows) for _ in range(k)])
             if fast:
-                masks = drops.take(i, k) if drops else None
-                got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix], masks=masks), dtype=np.float64)
+                masks = {"masks": drops.take(i, k)} if drops else {}   # no dropout: the lecture's call
+                got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix], **masks), dtype=np.float64)
             else:
-                masks = drops.masks(i) if drops else None
-                got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]], masks=masks)], dtype=np.float64)
+                masks = {"masks": drops.masks(i)} if drops else {}
+                got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]], **masks)], dtype=np.float64)
             bad = np.flatnonzero(~np.isfinite(got))
             if bad.size:
                 raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)

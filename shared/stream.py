@@ -117,7 +117,7 @@ class DropoutStream:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(DROPOUT_STREAM, step)))
-        return [np.where(rng.random(s) >= self.p, self.scale, self.dtype.type(0)) for s in self.shapes]
+        return [(rng.random(s) >= self.p) * self.scale for s in self.shapes]   # bool * scale: 0 or scale, in dtype
 
     def take(self, start: int, k: int) -> list[np.ndarray]:
         """The masks of steps start .. start+k-1 stacked per Tanh layer: one (k, *shape) array

@@ -1,10 +1,11 @@
-"""Presets, canonical parameters, initialisation, batch stream and sampling streams."""
+"""Presets, canonical parameters, initialisation, batch, dropout and sampling streams."""
 import numpy as np
 import pytest
 
-from shared.params import ParamError, check_params, init_params, num_params, param_shapes
+from shared.params import ParamError, check_params, init_params, is_decayed, num_params, param_shapes
 from shared.spec import LayerSpec, ModelSpec, get_spec
-from shared.stream import BatchStream, sample_tokens, sampling_uniforms
+from shared.stream import (BatchStream, DropoutStream, dropout_shapes, sample_tokens, sampling_uniforms,
+                           seed_streams)
 from shared.config import TrainConfig, lr_at
 
 
@@ -83,6 +84,50 @@ def test_batch_stream_is_deterministic_and_in_range():
     np.testing.assert_array_equal(a, b)
     assert a.min() >= 0 and a.max() < 100
     assert not np.array_equal(a, BatchStream(8, 100, 32).take(3000))
+
+
+def test_the_dropout_stream_is_random_access_and_keeps_one_minus_p():
+    spec = get_spec("wavenet")
+    assert dropout_shapes(spec, 32) == [(32, 4, 128), (32, 2, 128), (32, 128)]
+    assert dropout_shapes(get_spec("mlp"), 5) == [(5, 200)]
+    s = DropoutStream(7, 0.25, dropout_shapes(spec, 32), "float32")
+    a = s.masks(123)
+    for m, want in zip(a, dropout_shapes(spec, 32)):
+        assert m.shape == want and m.dtype == np.float32
+        assert set(np.unique(m)) == {np.float32(0), np.float32(1 / 0.75)}
+    keep = np.concatenate([(m > 0).ravel() for m in a]).mean()
+    assert abs(keep - 0.75) < 0.02
+    for m, b in zip(a, DropoutStream(7, 0.25, dropout_shapes(spec, 32), "float32").masks(123)):
+        np.testing.assert_array_equal(m, b)                     # a function of (seed, step) alone
+    for m, t in zip(a, s.take(120, 5)):
+        assert t.shape == (5, *m.shape)
+        np.testing.assert_array_equal(t[3], m)                  # take(i, k) stacks steps i..i+k-1
+    assert not np.array_equal(a[0], s.masks(124)[0])
+    assert not np.array_equal(a[0], DropoutStream(8, 0.25, dropout_shapes(spec, 32), "float32").masks(123)[0])
+    with pytest.raises(ValueError, match="0 < p < 1"):
+        DropoutStream(7, 0.0, dropout_shapes(spec, 32), "float32")
+
+
+def test_the_dropout_stream_leaves_the_other_streams_unchanged():
+    # seed_streams spawns 4 children now; the first three are those of spawn(3): earlier runs repeat
+    old = [np.random.default_rng(c) for c in np.random.SeedSequence(42).spawn(3)]
+    for new, o in zip(seed_streams(42)[:3], old):
+        np.testing.assert_array_equal(new.random(5), o.random(5))
+
+
+def test_weight_decay_applies_to_weight_matrices_and_the_embedding_only():
+    decayed = [k for k in param_shapes(get_spec("wavenet"), buffers=False) if is_decayed(k)]
+    assert decayed == ["0.weight", "2.weight", "6.weight", "10.weight", "13.weight"]
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = TrainConfig(steps=110, lr=0.1, lr_final=0.01, schedule="cosine", warmup=10)
+    assert [lr_at(cfg, t) for t in (0, 5, 10)] == [0.0, 0.05, 0.1]
+    assert lr_at(cfg, 60) == pytest.approx(0.055, rel=1e-15)    # half-way down the cosine
+    assert lr_at(cfg, 110) == lr_at(cfg, 10_000) == pytest.approx(0.01, rel=1e-15)
+    assert lr_at(TrainConfig(steps=4, schedule="cosine"), 0) == 0.1   # no warm-up: the peak first
+    with pytest.raises(ValueError, match="needs schedule 'cosine'"):
+        TrainConfig(warmup=10)
 
 
 def test_lr_schedule():
