@@ -151,6 +151,10 @@ class Study:
                 s[k] = LECTURE[k]   # not applicable: the neutral value (e.g. no weight decay with SGD)
         for k in ("lr", "lr_final", "weight_decay", "dropout"):
             s[k] = float(s[k])
+        base = get_spec(self.preset)
+        for k in ("n_embd", "n_hidden"):   # the preset's own size: no flag in the trial's command
+            if s[k] == getattr(base, k):
+                s[k] = None
         config(s)   # TrainConfig refuses what cannot run
         return s
 

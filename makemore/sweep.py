@@ -295,8 +295,8 @@ class _Heartbeat:
     does this itself; ask-and-tell must)."""
 
     def __init__(self, storage, trial_id: int):
-        from optuna.storages._heartbeat import BaseHeartbeat
-        self.on = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+        # RDBStorage has the heartbeat methods; the journal has none (dead workers: by pid only)
+        self.on = hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval() is not None
         self.storage, self.trial_id, self.done = storage, trial_id, threading.Event()
 
     def _beat(self):

@@ -99,6 +99,7 @@ warmup_frac = { low = 0.0, high = 0.2 }
 
 def test_the_trial_command_gives_the_trial_settings():
     st = studies.parse(studies.tomllib.loads(BASE + "[fixed]\nsteps = 300\n"))
+    assert st.settings({"n_embd": 10, "n_hidden": 64})["n_embd"] is None   # the preset's size
     s = st.settings({"lr": 0.123456789012345, "n_hidden": 64, "seed": 7})
     argv = sweep.train_argv(s, "numpy", "runs/x")
     args = cli.build_parser().parse_args(argv)
