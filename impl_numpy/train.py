@@ -13,7 +13,10 @@ from shared.stream import sample_tokens
 from shared.threads import step_threads
 from shared.config import TrainConfig, lr_at
 
-from .model import _targets, _tokens, cross_entropy
+from shared.checks import check_sequences
+from shared.spec import window_counts
+
+from .model import _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
 
 _EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
 
@@ -94,6 +97,20 @@ def train_step(model, opt: Optimizer, X, Y) -> float:
     with threads_for(len(X)):
         loss, dlogits = cross_entropy(model(X), Y)
         model.backward(dlogits)
+        opt.step()
+    return loss
+
+
+def sequence_train_step(model, opt: Optimizer, X, Y, mask=None) -> float:
+    """One SGD step on whole sequences of a conv model (issue 14): X (B, L + block_size - 1),
+    Y (B, L), mask (B, L) bool (shared.stream.NameBatchStream); returns the mean loss over the
+    real targets. Raises ValueError (shared.checks.check_sequences) before any state changes."""
+    X, Y, mask = check_sequences(model.spec, X, Y, mask, train=True)
+    model.train()
+    with threads_for(int(mask.sum())):
+        logits = _sequence_logits(model, X.astype(np.int64, copy=False), window_counts(model.spec, mask))
+        loss, dlogits = sequence_cross_entropy(logits, Y.astype(np.int64, copy=False), mask)
+        model.backward(dlogits.reshape(model.out.shape))
         opt.step()
     return loss
 
