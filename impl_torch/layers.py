@@ -38,6 +38,25 @@ class FlattenConsecutive(nn.Module):
 Linear = nn.Linear
 
 
+# torch ships Conv1d, with weight (fan_out, fan_in, n) and channels first: model.py permutes the
+# canonical (n * fan_in, fan_out) on load/export, and forward transposes (B, T, C) to (B, C, T).
+class CausalConv1d(nn.Conv1d):
+    """Dilated causal convolution with n taps (van den Oord et al. 2016, WaveNet; lecture Part 5
+    at 47:44): (B, T, fan_in) -> (B, T - (n-1)*d, fan_out), squeezed to (B, fan_out) when one
+    position is left (as FlattenConsecutive). nn.Conv1d(fan_in, fan_out, n, dilation=d), no
+    padding: output t reads x[:, t + j*d], j = 0..n-1 (tap 0 the oldest), nothing after its
+    newest input (causal). Raises torch's RuntimeError for fewer than (n-1)*d + 1 positions."""
+
+    def __init__(self, fan_in: int, fan_out: int, n: int = 2, dilation: int = 1, bias: bool = False):
+        super().__init__(fan_in, fan_out, n, dilation=dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, T, C) -> (B, C, T) and back
+        if x.shape[1] == 1:
+            x = x.squeeze(1)
+        return x
+
+
 class BatchNorm1d(nn.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
@@ -47,6 +66,10 @@ class BatchNorm1d(nn.Module):
     `convention` (docs/design.md): 'lecture' normalises with the unbiased variance and keeps it;
     'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
     the biased one for both. running = (1 - momentum) * running + momentum * batch.
+
+    Optional `counts` (x.shape[:-1], train mode): a weight per node for the whole-sequence path of
+    a conv model (shared.spec.window_counts): the statistics of the nodes repeated `counts`
+    times, n = sum(counts). autograd differentiates the weighted sums.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture"):
@@ -59,15 +82,21 @@ class BatchNorm1d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
-            n = x.numel() // x.shape[-1]
+            n = x.numel() // x.shape[-1] if counts is None else float(counts.sum())
             if n < 2:
                 raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
-            xmean = x.mean(dims)
-            var_biased = x.var(dims, correction=0)
-            var_unbiased = x.var(dims, correction=1)
+            if counts is None:
+                xmean = x.mean(dims)
+                var_biased = x.var(dims, correction=0)
+                var_unbiased = x.var(dims, correction=1)
+            else:   # weighted nodes (whole-sequence path)
+                w = counts.to(x.dtype).unsqueeze(-1)
+                xmean = (w * x).sum(dims) / n
+                sq = (w * (x - xmean) ** 2).sum(dims)
+                var_biased, var_unbiased = sq / n, sq / (n - 1)
             xvar = var_unbiased if self.convention == "lecture" else var_biased
             with torch.no_grad():
                 m = self.momentum

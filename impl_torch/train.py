@@ -13,7 +13,10 @@ from shared.config import TrainConfig, lr_at
 from shared.stream import sample_tokens
 from shared.threads import step_threads
 
-from .model import _targets, _tokens, cross_entropy
+from shared.checks import check_sequences
+from shared.spec import window_counts
+
+from .model import _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
 
 
 @contextlib.contextmanager
@@ -74,6 +77,22 @@ def train_step(model, opt: Optimizer, X, Y) -> float:
     X = _tokens(model, X)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
     loss = cross_entropy(model(X), Y)
+    opt.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def sequence_train_step(model, opt: Optimizer, X, Y, mask=None) -> float:
+    """One SGD step on whole sequences of a conv model (issue 14): X (B, L + block_size - 1),
+    Y (B, L), mask (B, L) bool (shared.stream.NameBatchStream); returns the mean loss over the
+    real targets. Raises ValueError (shared.checks.check_sequences) before any state changes."""
+    X, Y, mask = check_sequences(model.spec, X, Y, mask, train=True)
+    model.train()
+    logits = _sequence_logits(model, torch.from_numpy(X.astype(np.int64, copy=False)),
+                              window_counts(model.spec, mask))
+    loss = sequence_cross_entropy(logits, torch.from_numpy(Y.astype(np.int64, copy=False)),
+                                  torch.from_numpy(mask))
     opt.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
