@@ -20,7 +20,7 @@ from shared.params import init_params, num_params
 from .registry import get_backend
 from shared.config import TrainConfig
 from shared.spec import ModelSpec
-from shared.stream import BatchStream, sampling_uniforms, seed_streams
+from shared.stream import BatchStream, NameBatchStream, sampling_uniforms, seed_streams
 
 
 FAST_CHUNK = 100  # steps per fast_train_steps call
@@ -86,6 +86,11 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             first step (lets `makemore diagnose` look at the parameters as training goes).
         fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys)` on
             chunks of FAST_CHUNK steps (same batches, same schedule, same losses).
+
+    A convolutional spec (wavenet-conv) trains on whole names instead, every position at once
+    (issue 14): each step is `sequence_train_step` on cfg.batch_size names of the training split
+    from shared.stream.NameBatchStream (grouped by length, masked past each name's end), and its
+    loss is the mean over the batch's real targets (about 7 per name). No fast path yet.
     Returns:
         RunResult (losses (steps,) float64, wall seconds of the step loop, final eval losses,
         samples).
@@ -122,15 +127,25 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     chunk = FAST_CHUNK if fast else 1
     if fast and not hasattr(B, "fast_train_steps"):
         raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
+    names = None
+    if spec.convolutional:  # whole names, every position at once (issue 14)
+        if fast:
+            raise ValueError(f"preset {spec.name!r} trains on whole names and has no fast path yet; "
+                             "run without --fast")
+        names = iter(NameBatchStream(cfg.seed, [data.vocab.encode(w) for w in data.words[0]],
+                                     cfg.batch_size, spec.block_size))
     rows = iter(stream)  # drawn as needed: all steps up front would be 6.5 GB at batch 4096
     t0 = time.perf_counter()
     i = 0
     while i < cfg.steps:
         k = min(chunk, cfg.steps - i)
-        ix = np.stack([next(rows) for _ in range(k)])
-        if fast:
+        if names is not None:
+            got = np.array([B.sequence_train_step(model, opt, *next(names))], dtype=np.float64)
+        elif fast:
+            ix = np.stack([next(rows) for _ in range(k)])
             got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix]), dtype=np.float64)
         else:
+            ix = np.stack([next(rows) for _ in range(k)])
             got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]])], dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(got))
         if bad.size:
