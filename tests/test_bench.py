@@ -11,7 +11,7 @@ import pytest
 
 from makemore import bench, cli
 from shared.flops import (floor_ratio, floor_seconds, forward_flops, linear_shapes, matmul_flops,
-                          train_step_flops)
+                          sequence_linear_shapes, sequence_train_step_flops, train_step_flops)
 from shared.spec import get_spec
 
 from helpers import BACKENDS, ROOT
@@ -36,6 +36,25 @@ def test_mlp_flops_and_batch_scaling():
     assert matmul_flops(2048) == 17_179_869_184
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         train_step_flops(get_spec("mlp"), 0)
+
+
+def test_wavenet_conv_flops_match_the_hand_count():
+    # wavenet-conv on 32 names of 7 targets (inputs of 14 tokens): the convolutions compute
+    # 13, 11 and 7 positions per name, (fan_in, fan_out) (2*24, 128) (2*128, 128) (2*128, 128) (128, 27)
+    hand = 6 * (32 * 13 * 48 * 128 + 32 * 11 * 256 * 128 + 32 * 7 * 256 * 128 + 32 * 7 * 128 * 27)
+    assert hand == 133_226_496
+    spec = get_spec("wavenet-conv")
+    assert sequence_train_step_flops(spec, 32, 7) == hand
+    assert [s[1:] for s in sequence_linear_shapes(spec, 32, 7)] == [
+        (416, 48, 128), (352, 256, 128), (224, 256, 128), (224, 128, 27)]
+    # per target: 594,761 against the hierarchical step's 758,016 (1.27x fewer)
+    assert hand // 224 == 594_761 and train_step_flops(get_spec("wavenet"), 32) // 32 == 758_016
+    # on (B, 8) contexts the convolutions compute 7, 5 and 1 positions (the hierarchical 4, 2, 1)
+    assert [s[1] for s in linear_shapes(spec, 32)] == [32 * 7, 32 * 5, 32, 32]
+    with pytest.raises(ValueError, match="not convolutional"):
+        sequence_train_step_flops(get_spec("wavenet"), 32, 7)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        sequence_train_step_flops(spec, 32, 0)
 
 
 def test_floor_arithmetic():
@@ -145,7 +164,9 @@ def test_smoke_every_bench_suite(tmp_path):
                          "--mm-names", "3", "--mm-matmul-rounds", "1", "--mm-matmul-n", "64",
                          "--mm-eval-examples", "500"], tmp_path)
     n_mm = len([b for b in BACKENDS if b != "numpy"]) + 1    # numpy, torch, xla
-    n = n_mm + 2 * len(BACKENDS) + 3 * len(BACKENDS)  # matmul, train x2 paths, step GEMMs, eval, sample
+    # matmul, train x2 paths, step GEMMs, eval, sample, targets/s (wavenet-32 and wavenet-conv:
+    # bench/test_sequence_step.py)
+    n = n_mm + 2 * len(BACKENDS) + 3 * len(BACKENDS) + 2 * len(BACKENDS)
     assert f"{n} passed" in out, out[-2000:]
 
 
