@@ -199,10 +199,11 @@ def _sequence_logits(model: Sequential, X: jax.Array, counts: list) -> jax.Array
     return x.reshape(X.shape[0], X.shape[1] - model.spec.block_size + 1, -1)
 
 
-# XLA compiles one program per shape: a whole-sequence step took 6-9 s to compile per length on
-# the 2-core dev machine, and names.txt has 14 lengths. numpy and torch run any length as it comes;
-# here L is padded up to a multiple of _LENGTH_STEP (4, 8, 12, 16: four compiles), the padding
-# masked out (weight 0 in every sum), which costs about 8% more positions on names.txt.
+# XLA compiles one program per shape: a whole-sequence step took 4-9 s to compile per length on
+# the busy 2-core dev machine, and names.txt has 14 lengths. numpy and torch run any length as it
+# comes; here L is padded up to a multiple of _LENGTH_STEP (4, 8, 12, 16: four compiles), the
+# padding masked out (weight 0 in every sum). On names.txt batches that is 20% more target
+# positions, 10% more input positions.
 _LENGTH_STEP = 4
 
 
@@ -219,7 +220,8 @@ def _counts(model: Sequential, mask: np.ndarray, train: bool) -> list:
     # shared.spec.window_counts in the model's dtype (None per layer in eval mode): jit arguments
     if not train:
         return [None] * len(model.layers)
-    return [None if c is None else c.astype(DTYPES[model.spec.dtype]) for c in window_counts(model.spec, mask)]
+    dtype = DTYPES[model.spec.dtype]
+    return [None if c is None else c.astype(dtype) for c in window_counts(model.spec, mask)]
 
 
 @nnx.jit
@@ -241,7 +243,8 @@ def sequence_forward(model: Sequential, X, train: bool = False, mask=None) -> np
     L = mask.shape[1]
     X, _, mask = _pad_length(X, None, mask)
     model.train() if train else model.eval()
-    return np.asarray(_sequence_forward(model, X.astype(np.int32, copy=False), _counts(model, mask, train)))[:, :L]
+    logits = _sequence_forward(model, X.astype(np.int32, copy=False), _counts(model, mask, train))
+    return np.asarray(logits)[:, :L]
 
 
 def sequence_cross_entropy(logits: jax.Array, Y: jax.Array, mask: jax.Array) -> jax.Array:
@@ -258,7 +261,8 @@ def sequence_cross_entropy(logits: jax.Array, Y: jax.Array, mask: jax.Array) -> 
 
 @nnx.jit
 def _sequence_loss_and_grads(model, X, Y, mask, counts):
-    return nnx.value_and_grad(lambda m: sequence_cross_entropy(_sequence_logits(m, X, counts), Y, mask))(model)
+    return nnx.value_and_grad(
+        lambda m: sequence_cross_entropy(_sequence_logits(m, X, counts), Y, mask))(model)
 
 
 def sequence_loss_and_grads(model: Sequential, X, Y, mask=None) -> tuple[float, dict[str, np.ndarray]]:
@@ -272,6 +276,6 @@ def sequence_loss_and_grads(model: Sequential, X, Y, mask=None) -> tuple[float, 
     """
     X, Y, mask = _pad_length(*check_sequences(model.spec, X, Y, mask, train=True))
     model.train()
-    loss, grads = _sequence_loss_and_grads(model, X.astype(np.int32, copy=False), Y.astype(np.int32, copy=False),
-                                           mask, _counts(model, mask, True))
+    loss, grads = _sequence_loss_and_grads(model, X.astype(np.int32, copy=False),
+                                           Y.astype(np.int32, copy=False), mask, _counts(model, mask, True))
     return float(loss), _grads(model, grads)

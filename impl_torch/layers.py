@@ -45,12 +45,16 @@ class CausalConv1d(nn.Conv1d):
     at 47:44): (B, T, fan_in) -> (B, T - (n-1)*d, fan_out), squeezed to (B, fan_out) when one
     position is left (as FlattenConsecutive). nn.Conv1d(fan_in, fan_out, n, dilation=d), no
     padding: output t reads x[:, t + j*d], j = 0..n-1 (tap 0 the oldest), nothing after its
-    newest input (causal). Raises torch's RuntimeError for fewer than (n-1)*d + 1 positions."""
+    newest input (causal). Raises ValueError for fewer than (n-1)*d + 1 positions."""
 
     def __init__(self, fan_in: int, fan_out: int, n: int = 2, dilation: int = 1, bias: bool = False):
         super().__init__(fan_in, fan_out, n, dilation=dilation, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (n,), (d,) = self.kernel_size, self.dilation
+        if x.shape[1] < (n - 1) * d + 1:
+            raise ValueError(f"CausalConv1d(n={n}, dilation={d}) needs at least {(n - 1) * d + 1} "
+                             f"positions, got {x.shape[1]}")
         x = super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, T, C) -> (B, C, T) and back
         if x.shape[1] == 1:
             x = x.squeeze(1)

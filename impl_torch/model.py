@@ -2,11 +2,11 @@
 and gradients with numpy at the boundary (for parity tests and the shared driver)."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from collections import OrderedDict
 
 from shared.checks import check_sequences, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
@@ -90,7 +90,8 @@ def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
 
 def export_params(model: Sequential) -> dict[str, np.ndarray]:
     """Canonical parameters (numpy copies), running stats included, in spec order."""
-    return {name: _from_torch(t, kind).detach().numpy().copy() for name, (t, kind) in _canonical(model).items()}
+    return {name: _from_torch(t, kind).detach().numpy().copy()
+            for name, (t, kind) in _canonical(model).items()}
 
 
 def _tokens(model: Sequential, X) -> torch.Tensor:

@@ -25,7 +25,8 @@ class UsageError(Exception):
 def _common(p: argparse.ArgumentParser, steps_default: int | None = 200_000) -> None:
     p.add_argument("--preset", default="wavenet", choices=list(PRESETS), help="model preset (default wavenet)")
     p.add_argument("--steps", type=int, default=steps_default, help="SGD steps (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="minibatch size (default 32): contexts, or whole names for wavenet-conv")
     p.add_argument("--seed", type=int, default=42, help="run seed: weights, batches, samples (default 42)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="parameter and activation dtype (default float32)")
     p.add_argument("--bn", default="lecture", choices=BN_CONVENTIONS, help="BatchNorm convention (docs/design.md): lecture = unbiased variance (default), "

@@ -296,7 +296,8 @@ def test_a_wavenet_checkpoint_loads_into_the_conv_model_and_back(name, tmp_path,
     assert md["spec"] == c
     _, mh = loaded_model(name, h, params)
     Xw = batch12[3]
-    assert_same(B.forward(mc, Xw), B.forward(mh, Xw), "logits after the round trip", 1e-5, ("conv", "wavenet"))
+    assert_same(B.forward(mc, Xw), B.forward(mh, Xw), "logits after the round trip", 1e-5,
+                ("conv", "wavenet"))
     # checkpoints that do not fit: refused with the tensor named, the model unchanged
     with pytest.raises(ParamError, match="is missing"):
         B.load_params(mc, init_params(get_spec("mlp"), 0))
@@ -336,3 +337,19 @@ def test_cli_trains_wavenet_conv_then_samples(tmp_path, names_path, capsys):
     assert capsys.readouterr().out.split() == names
     assert cli.main(args + ["--fast", "--out", str(tmp_path / "fast")]) == 2
     assert "no fast path yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_context_too_short_for_the_convolutions_is_refused(name):
+    spec = get_spec("wavenet-conv")
+    B, model = loaded_model(name, spec, init_params(spec, 0))
+    with pytest.raises(ValueError, match=r"contexts must have shape \(B, 8\)"):
+        B.forward(model, np.zeros((3, 7), np.int64))
+    # the layer itself refuses, as FlattenConsecutive does: 2 positions cannot feed dilation 4
+    conv = (model.layers if name == "jax" else model)[7]
+    x = B.layer_outputs(model, np.zeros((3, 8), np.int64))[6][:, :2]       # (3, 2, 128)
+    x = {"numpy": np.asarray, "torch": lambda a: __import__("torch").from_numpy(a),
+         "jax": lambda a: __import__("jax").numpy.asarray(a)}[name](x)
+    assert type(conv).__name__ == "CausalConv1d"
+    with pytest.raises(ValueError, match="needs at least 5 positions, got 2"):
+        conv(x)
