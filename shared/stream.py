@@ -53,7 +53,7 @@ class BatchStream:
         return np.concatenate(out)[:steps] if steps else np.zeros((0, self.batch_size), np.int64)
 
 
-POOL = 32  # batches per sorted pool of NameBatchStream; part of the stream's definition
+POOL = 1  # batches per length-sorted pool of NameBatchStream (1: random batches); part of the stream
 
 
 def name_batch(names, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,16 +87,24 @@ def name_batch(names, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 class NameBatchStream:
-    """Batches of whole names for the sequence path, grouped by length so that padding stays small
-    (names.txt: 7.1 targets per name on average, 16 at most; a random batch would be half padding).
+    """Batches of whole names for the sequence path of a conv model, optionally grouped by length.
 
     The stream of a seed (the minibatch Generator of seed_streams, so the same for every backend):
     epoch after epoch a permutation of the names, read in pools of `pool` batches (pool *
     batch_size names, a pool may run into the next epoch); each pool is sorted by length (stable)
     and cut into batches of `batch_size` consecutive names, and the pool's batches come in a
-    shuffled order. Every name is used once per epoch, every batch has exactly batch_size names,
-    and the names of one batch have (nearly) the same length. The lecture samples contexts with
-    replacement (BatchStream); this stream samples names without replacement.
+    shuffled order. Every name is used once per epoch and every batch has exactly batch_size
+    names. The lecture samples contexts with replacement (BatchStream); this stream samples names
+    without replacement.
+
+    pool = 1 (the default, what training uses) gives random batches: on names.txt (7.1 targets per
+    name, 16 at most) a third of a 32-name batch's (B, L) targets is padding. Larger pools group
+    names of similar length (pool 32: under 3% padding), but train-mode BatchNorm then tells the
+    model the batch's name length through its batch statistics: wavenet-conv trained 4,000 steps on
+    batches of 32 names reached a train-mode loss of 1.89 with pool 32 (1.96 with pool 4) and an
+    eval-mode val loss of 2.50 (2.23), against 2.03 and 2.07 with random batches; after 28,400
+    steps with pool 32 the val names scored 1.79 under their own sorted batches' statistics and 2.55
+    under random ones. So sorted pools are only for passes without batch statistics (eval mode).
 
     Iterating yields name_batch(...) tuples (X, Y, mask), forever; `indices()` the name indices.
     Raises ValueError for no names, an empty name, batch_size < 1 or pool < 1.

@@ -144,17 +144,19 @@ def test_name_stream_is_deterministic_and_uses_every_name_once_an_epoch():
         NameBatchStream(0, [[1], []], 4, 8)
 
 
-def test_name_stream_pads_little_on_names_txt(data8):
+def test_name_stream_is_random_by_default_and_sorted_pools_pad_less(data8):
     names = [data8.vocab.encode(w) for w in data8.words[0]]
 
-    def real_share(pool):
+    def real_share(**kw):
         real = total = 0
-        for _, (X, Y, mask) in zip(range(300), NameBatchStream(42, names, 32, 8, pool=pool)):
+        for _, (X, Y, mask) in zip(range(300), NameBatchStream(42, names, 32, 8, **kw)):
             assert X.shape == (32, mask.shape[1] + 7) and Y.shape == mask.shape
             real, total = real + mask.sum(), total + mask.size
         return real / total
-    assert real_share(32) > 0.96        # the default pool: under 4% padding
-    assert real_share(1) < 0.75         # random batches of 32 names: about a third is padding
+    # random batches of 32 names (what training uses: sorted batches leak the length through
+    # BatchNorm's batch statistics, shared/stream.py) are about a third padding ...
+    assert 0.6 < real_share() < 0.75
+    assert real_share(pool=32) > 0.96       # ... length-sorted pools of 32 batches under 4%
 
 
 # ---- equivalence with the hierarchical model, every backend ----
