@@ -78,7 +78,7 @@ def collect(model, X, Y) -> dict:
     """
     model.train()
     with record_tanh(model) as rec:
-        loss, grads, act_grads, sown = _collect_step(model, _tokens(model, X), _targets(model, Y))
+        loss, grads, act_grads, sown = _collect_step(model, _tokens(model, X, train=True), _targets(model, Y))
         for path, v in nnx.to_flat_state(sown):                # path ('layers', i, 'out'), value (y,)
             rec["activations"][path[1]] = np.array(v.get_value()[-1])  # a tuple: the last pass wins
         for path, v in nnx.to_flat_state(act_grads):

@@ -13,11 +13,13 @@ import numpy as np
 
 from shared.checks import check_step_batches
 
+from .model import _masks
 from .train import Optimizer, _step
 
-def _train_steps(graphdef, state, Xs, Ys):
-    # k steps of train.py's pure step, fused by lax.scan: no Python between steps
-    return jax.lax.scan(lambda s, xy: _step(graphdef, s, *xy), state, (Xs, Ys))
+def _train_steps(graphdef, state, Xs, Ys, masks):
+    # k steps of train.py's pure step, fused by lax.scan: no Python between steps; the dropout
+    # masks (or None) are scanned like the batches
+    return jax.lax.scan(lambda s, xym: _step(graphdef, s, *xym), state, (Xs, Ys, masks))
 
 
 # One compiled scan per optimizer (it closes over the optimizer's graphdef): a new run builds its own.
@@ -31,16 +33,21 @@ def _fast_step_for(model, opt: Optimizer):
     return _CACHE[opt]
 
 
-def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
-    """k SGD steps fused into one jitted jax.lax.scan (no Python between steps).
+def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None) -> np.ndarray:
+    """k optimizer steps fused into one jitted jax.lax.scan (no Python between steps): every
+    recipe of train.py's step (SGD or AdamW, either schedule, dropout), as it is that step.
 
-    Arguments: Xs (k, B, block_size) int, Ys (k, B) int. Returns the k losses, float64 (k,);
-    the same as k calls of :func:`train_step`. Each new k compiles once.
-    Raises ValueError from shared.checks.check_step_batches; the model is then unchanged.
+    Arguments: Xs (k, B, block_size) int, Ys (k, B) int; masks: None, or the k steps' dropout
+    masks, one (k, *Tanh output shape) array per Tanh layer (shared.stream.DropoutStream.take).
+    Returns the k losses, float64 (k,); the same as k calls of :func:`train_step`. Each new k
+    compiles once.
+    Raises ValueError from shared.checks.check_step_batches or check_masks; the model is then
+    unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)
+    masks = _masks(model, masks, Xs.shape[1], len(Xs))
     # int32 whether or not x64 is on: one jit signature (as _tokens/_targets)
-    Xs, Ys = Xs.astype(np.int32, copy=False), Ys.astype(np.int32, copy=False)
-    new_state, losses = _fast_step_for(model, opt)(opt.state, Xs, Ys)
+    Xs, Ys = np.ascontiguousarray(Xs, dtype=np.int32), np.ascontiguousarray(Ys, dtype=np.int32)
+    new_state, losses = _fast_step_for(model, opt)(opt.state, Xs, Ys, masks)
     opt.write_back(new_state)
     return np.asarray(losses, dtype=np.float64)

@@ -2,7 +2,8 @@
 
 Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb), where
 the lecture writes these layers "torch.nn-like" by hand; here flax.nnx's own modules are used
-wherever Flax ships one (Embed, Linear, Sequential) and the other three are nnx.Modules.
+wherever Flax ships one (Embed, Linear) and the others are nnx.Modules (Sequential subclasses
+nnx.Sequential to take the dropout masks).
 Shapes: B batch, T positions, C channels. Flax docs: https://flax.readthedocs.io/en/latest/nnx_basics.html
 """
 import jax
@@ -62,6 +63,8 @@ class CausalConv1d(nnx.Conv):
         return x
 
 
+# Flax ships nnx.BatchNorm (biased variance, momentum 0.9 = ours 0.1): written out so every
+# convention of the spec (docs/design.md) is one flag; running stats are nnx.BatchStat.
 class BatchNorm1d(nnx.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
@@ -82,24 +85,35 @@ class BatchNorm1d(nnx.Module):
     a conv model (shared.spec.window_counts): the statistics of the nodes repeated `counts`
     times, n = sum(counts) (a traced value: the check for n >= 2 is made before, in
     shared.checks.check_sequences). jax.grad differentiates the weighted sums.
+
+    positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B. It does not
+    combine with `counts` (ValueError: the conv model has no fixed T).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
-                 *, dtype=jnp.float32, use_running_average: bool = False):
+                 *, dtype=jnp.float32, use_running_average: bool = False, positions: int = 0):
         if convention not in ("lecture", "torch", "flax"):
             raise ValueError(f"unknown BatchNorm convention {convention!r}")
         self.eps, self.momentum, self.convention = eps, momentum, convention
         self.use_running_average = use_running_average
+        self.positions = positions
+        stat = (positions, dim) if positions else (dim,)
         self.gamma = nnx.Param(jnp.ones(dim, dtype=dtype))
         self.beta = nnx.Param(jnp.zeros(dim, dtype=dtype))
-        self.running_mean = nnx.BatchStat(jnp.zeros(dim, dtype=dtype))
-        self.running_var = nnx.BatchStat(jnp.ones(dim, dtype=dtype))
+        self.running_mean = nnx.BatchStat(jnp.zeros(stat, dtype=dtype))
+        self.running_var = nnx.BatchStat(jnp.ones(stat, dtype=dtype))
 
     def __call__(self, x: jax.Array, counts: jax.Array | None = None) -> jax.Array:
         if not self.use_running_average:
             axes = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
+            if counts is not None and self.positions:
+                raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
+                                 "do not combine with per-node weights (the whole-sequence path)")
+            if self.positions:
+                axes = (0,)                   # pre-fix: statistics per position and channel
             if counts is None:
-                n = x.size // x.shape[-1]
+                n = x.size // x.shape[-1] if not self.positions else x.shape[0]
                 if n < 2:
                     raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
                 xmean = x.mean(axes)
@@ -123,6 +137,7 @@ class BatchNorm1d(nnx.Module):
         return self.gamma[...] * xhat + self.beta[...]
 
 
+# Flax has the function nnx.tanh but no Tanh module: a small one (it can also sow for diagnostics).
 class Tanh(nnx.Module):
     """Elementwise tanh, shape unchanged. Flax has only the function (nnx.tanh), so a Module.
 
@@ -143,5 +158,40 @@ class Tanh(nnx.Module):
         return y
 
 
-# Flax ships Sequential: children in `model.layers[k]`, k the canonical layer index.
-Sequential = nnx.Sequential
+# Flax ships nnx.Dropout, but it draws its own masks from nnx.Rngs; here the mask comes from shared.stream.
+class Dropout(nnx.Module):
+    """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
+    Prevent Neural Networks from Overfitting"): out = x * mask, mask of x's shape with values 0
+    (dropped) or 1/(1-p) (kept, scaled so the expected output is x). The masks are drawn in
+    shared.stream.DropoutStream, so every backend drops the same units; no mask (eval mode, or
+    no dropout) is the identity. jax.grad gives the backward, dout * mask.
+    """
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        return x if mask is None else x * mask
+
+
+# Flax ships Sequential (children in `model.layers[k]`, k the canonical layer index); its
+# __call__ hands one output to the next layer, so the masks need a subclass.
+class Sequential(nnx.Sequential):
+    """Layers applied in order (`layers[k]`, k = canonical layer index).
+
+    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    indexed layers (nnx.data: a plain dict of Modules in the graph, with no Variables), so the
+    layer indices, and with them the canonical names, do not move; it does something only in
+    a call given `masks`.
+    """
+
+    def __init__(self, *layers):
+        super().__init__(*layers)
+        self.dropouts = nnx.data({i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, Tanh)})
+
+    def __call__(self, x: jax.Array, masks=None) -> jax.Array:
+        """x (B, block_size) int -> logits (B, vocab_size). `masks`: None, or one dropout mask per
+        Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
+        for i, l in enumerate(self.layers):
+            x = l(x)
+            if i in self.dropouts:
+                x = self.dropouts[i](x, masks.get(i))
+        return x

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shared.checks import Float64Unavailable, check_sequences, check_targets, check_token_ids
+from shared.checks import Float64Unavailable, check_masks, check_sequences, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec, window_counts
 
@@ -31,6 +31,7 @@ def _enable_dtype(dtype: str) -> None:
             "starting Python, run on a device with float64 support (CPU), or use --dtype float32")
 
 
+# Flax modules want initialisers and an nnx.Rngs; zeros here, overwritten by load_params with the shared draws.
 def build_model(spec: ModelSpec) -> Sequential:
     """An nnx.Sequential whose `layers[k]` is spec.layers[k], every array in the spec's dtype, in
     train mode.
@@ -51,7 +52,7 @@ def build_model(spec: ModelSpec) -> Sequential:
     rngs = nnx.Rngs(0)
     zeros = lambda key, shape, dtype: jnp.asarray(np.zeros(shape, dtype))  # noqa: E731
     layers = []
-    for l in spec.layers:
+    for i, l in enumerate(spec.layers):
         if l.kind == "embedding":
             layers.append(Embedding(l.num, l.dim, dtype=dtype, param_dtype=dtype, embedding_init=zeros,
                                     rngs=rngs))
@@ -65,7 +66,7 @@ def build_model(spec: ModelSpec) -> Sequential:
                                        dtype=dtype, param_dtype=dtype, kernel_init=zeros, rngs=rngs))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
-                                      dtype=dtype))
+                                      dtype=dtype, positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
         else:
@@ -100,6 +101,7 @@ def _canonical(model: Sequential) -> dict[str, nnx.Variable]:
     return {name: getattr(model.layers[i], f) for name, (i, f) in _flax_fields(model.spec).items()}
 
 
+# Flax replaces each nnx Variable's array (set_value); no transpose.
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model's nnx Variables.
 
@@ -119,17 +121,27 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
     return {name: np.array(var[...]).reshape(shapes[name]) for name, var in _canonical(model).items()}
 
 
-def _tokens(model: Sequential, X) -> np.ndarray:
+def _tokens(model: Sequential, X, train: bool = False) -> np.ndarray:
     # Checked here, before any gather: jnp.take would clamp or NaN-fill a bad id silently.
+    # checked before anything runs (shared.checks); train mode also needs a batch BatchNorm can
+    # normalise (ModelSpec.check_train_batch). Any integer dtype and memory layout is accepted.
     X = np.asarray(X)
     check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
-    return X.astype(np.int32, copy=False)  # int32 whether or not x64 is on: one jit signature
+    if train:
+        model.spec.check_train_batch(len(X))
+    return np.ascontiguousarray(X, dtype=np.int32)  # int32 whether or not x64 is on: one jit signature
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
     # checked (shared.checks.check_targets; with n, the number of contexts, the shape too): a target
     # outside the vocab would give a silent NaN or a wrong loss under jit
-    return check_targets(Y, model.spec.vocab_size, n).astype(np.int32, copy=False)
+    return np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int32)
+
+
+def _masks(model: Sequential, masks, n: int, k: int | None = None) -> list[np.ndarray] | None:
+    # checked (shared.checks.check_masks: one per Tanh, of its output's shape for n examples, with
+    # a leading k for k steps), in the model's dtype; None: no dropout (a separate trace)
+    return check_masks(model.spec, masks, n, k)
 
 
 @nnx.jit
@@ -142,19 +154,20 @@ def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
     statistics and updates the running stats; eval mode uses the running stats."""
     model.train() if train else model.eval()
-    return np.asarray(_forward(model, _tokens(model, X)))
+    return np.asarray(_forward(model, _tokens(model, X, train)))
 
 
 def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
     """The output of every layer, in order (the last one is the logits). Eager, layer by layer."""
     model.train() if train else model.eval()
-    x, outs = jnp.asarray(_tokens(model, X)), []
+    x, outs = jnp.asarray(_tokens(model, X, train)), []
     for layer in model.layers:
         x = layer(x)
         outs.append(np.array(x))
     return outs
 
 
+# torch: F.cross_entropy; numpy writes out its backward; optax gives the per-example losses, jax.grad the rest.
 def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
     """Mean cross-entropy of logits (B, vocab) against int labels (B,) (torch's F.cross_entropy).
 
@@ -167,16 +180,18 @@ def cross_entropy(logits: jax.Array, Y: jax.Array) -> jax.Array:
 
 
 @nnx.jit
-def _loss_and_grads(model, X, Y):
-    return nnx.value_and_grad(lambda m: cross_entropy(m(X), Y))(model)
+def _loss_and_grads(model, X, Y, masks):
+    return nnx.value_and_grad(lambda m: cross_entropy(m(X, masks), Y))(model)
 
 
-def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
-    trainable parameter (nnx.Param) under its canonical name and layout."""
+    trainable parameter (nnx.Param) under its canonical name and layout. `masks`: None, or the
+    dropout masks of this step (one per Tanh layer, shared.stream.DropoutStream.masks)."""
     model.train()
-    X = _tokens(model, X)
-    loss, grads = _loss_and_grads(model, X, _targets(model, Y, len(X)))
+    X = _tokens(model, X, train=True)
+    Y = _targets(model, Y, len(X))
+    loss, grads = _loss_and_grads(model, X, Y, _masks(model, masks, len(X)))
     return float(loss), _grads(model, grads)
 
 

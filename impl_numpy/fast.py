@@ -1,5 +1,5 @@
 """The fastest honest numpy path: the same training step as train.py (lecture Part 4's backward
-formulas), with every array preallocated and written in place.
+formulas; SGD or AdamW, dropout), with every array preallocated and written in place.
 
 Same losses as train_step to float rounding (tested), same batches, same schedule.
 """
@@ -12,6 +12,7 @@ import numpy as np
 from shared.checks import check_step_batches
 
 from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Tanh
+from .model import _masks
 from .train import Optimizer, threads_for
 
 # --- The fastest honest path: the same step with every array preallocated, written in place ---
@@ -22,9 +23,9 @@ from .train import Optimizer, threads_for
 # parameter as soon as its gradient is known (as the torch fused step does).
 
 class _FusedStep:
-    """One training step of a numpy model (train-mode forward, cross-entropy, hand-written
-    backward, running-stat updates, SGD) for minibatches of `batch_size`, every intermediate in
-    a buffer allocated here once.
+    """One training step of a numpy model (train-mode forward with dropout when given masks,
+    cross-entropy, hand-written backward, running-stat updates, the optimizer's update) for
+    minibatches of `batch_size`, every intermediate in a buffer allocated here once.
 
     Every activation is kept 2-D, (rows, channels): the embedding's (B, T, C) output is
     (B*T, C) and FlattenConsecutive(n) is a reshape to (B*T/n, C*n), because rows are
@@ -33,19 +34,22 @@ class _FusedStep:
     sum(dxhat * xhat) = gamma * dgamma; the embedding's scatter-add is one-hot(ids).T @ dout (one
     GEMM). So the losses equal train_step's to float rounding, not bitwise (tested).
     Parameters and running stats are updated in place in the model's own arrays; the layers'
-    .out/.dout/.grads are not written (diagnostics use train_step).
+    .out/.dout/.grads are not written (diagnostics use train_step). SGD's update is written out
+    here on preallocated buffers; AdamW's is the Optimizer's own (train.Optimizer.update), the
+    same arithmetic as train_step's.
     """
 
-    def __init__(self, model, batch_size: int):
+    def __init__(self, model, opt: Optimizer, batch_size: int):
         spec = model.spec
-        self.model = model
+        self.model, self.opt = model, opt
+        self.adamw = opt.cfg.optimizer == "adamw"
         self.conv = spec.batchnorm.convention
         dt = model[0].weight.dtype
         rows, width = batch_size * spec.block_size, None
         E = lambda *shape: np.empty(shape, dtype=dt)  # noqa: E731
         self.bufs = []
-        for l in spec.layers:
-            b = {}
+        for i, l in enumerate(spec.layers):
+            b = {"i": i}
             if l.kind == "embedding":
                 width = l.dim
                 b.update(out=E(rows, width), onehot=np.zeros((rows, l.num), dt), g=E(l.num, l.dim),
@@ -61,16 +65,18 @@ class _FusedStep:
                          mean=E(width), sq=E(width), inv_std=E(width), g=E(width),
                          gb=E(width), n=rows, d=rows - 1 if self.conv == "lecture" else rows)
             elif l.kind == "tanh":
-                b.update(out=E(rows, width), dx=E(rows, width))
+                b.update(out=E(rows, width), dx=E(rows, width), drop=E(rows, width), mask=None)
             self.bufs.append(b)
         V = spec.vocab_size
         self.ones = np.ones(batch_size * spec.block_size, dt)  # column sums as GEMVs: ones @ x
         self.ce = dict(m=E(batch_size, 1), shifted=E(batch_size, V), e=E(batch_size, V), s=E(batch_size, 1),
                        dlogits=E(batch_size, V), rows=np.arange(batch_size))
 
-    def __call__(self, X: np.ndarray, Y: np.ndarray, lr: float) -> float:
-        """One step on X (B, block_size) int64, Y (B,) int64 (already checked); returns the loss."""
+    def __call__(self, X: np.ndarray, Y: np.ndarray, lr: float, masks=None) -> float:
+        """One step on X (B, block_size) int64, Y (B,) int64 and this step's dropout masks (one
+        per Tanh, or None), already checked; returns the loss."""
         model, conv, ones = self.model, self.conv, self.ones
+        masks = iter(masks) if masks is not None else None
         x = X
         for l, b in zip(model, self.bufs):
             if isinstance(l, Embedding):
@@ -101,6 +107,9 @@ class _FusedStep:
                 x += l.beta
             elif isinstance(l, Tanh):
                 x = np.tanh(x, out=b["out"])
+                if masks is not None:   # Dropout: (B, [T,] C) mask as (rows, C), like x
+                    b["mask"] = next(masks).reshape(x.shape)
+                    x = np.multiply(x, b["mask"], out=b["drop"])
         # cross-entropy and dloss/dlogits (impl_numpy.model.cross_entropy, into buffers)
         c = self.ce
         rows, B = c["rows"], len(Y)
@@ -113,6 +122,8 @@ class _FusedStep:
         d /= B
         for l, b in zip(reversed(model.layers), reversed(self.bufs)):
             if isinstance(l, Tanh):
+                if masks is not None:
+                    d = np.multiply(d, b["mask"], out=b["drop"])   # Dropout's backward
                 dx = np.multiply(b["out"], b["out"], out=b["dx"])
                 np.subtract(1.0, dx, out=dx)
                 d = np.multiply(dx, d, out=dx)
@@ -127,19 +138,33 @@ class _FusedStep:
                 dx -= corr
                 dx *= l.gamma * b["inv_std"] / n
                 d = dx
-                l.gamma -= lr * g_gamma
-                l.beta -= lr * g_beta
+                if self.adamw:
+                    self.opt.update(f"{b['i']}.gamma", l.gamma, g_gamma, lr)
+                    self.opt.update(f"{b['i']}.beta", l.beta, g_beta, lr)
+                else:
+                    l.gamma -= lr * g_gamma
+                    l.beta -= lr * g_beta
             elif isinstance(l, Linear):
                 gW = np.matmul(b["x"].T, d, out=b["g"])
                 if l.bias is not None:
-                    l.bias -= lr * np.matmul(ones[:len(d)], d, out=b["gb"])
+                    gb = np.matmul(ones[:len(d)], d, out=b["gb"])
+                    if self.adamw:
+                        self.opt.update(f"{b['i']}.bias", l.bias, gb, lr)
+                    else:
+                        l.bias -= lr * gb
                 d = np.matmul(d, l.weight.T, out=b["dx"])       # with W before its update
-                l.weight -= np.multiply(gW, lr, out=b["u"])
+                if self.adamw:
+                    self.opt.update(f"{b['i']}.weight", l.weight, gW, lr)
+                else:
+                    l.weight -= np.multiply(gW, lr, out=b["u"])
             elif isinstance(l, FlattenConsecutive):
                 d = d.reshape(-1, d.shape[1] // l.n)
             elif isinstance(l, Embedding):
                 gW = np.matmul(b["onehot"].T, d, out=b["g"])    # = np.add.at(gW, ids, d)
-                l.weight -= lr * gW
+                if self.adamw:
+                    self.opt.update(f"{b['i']}.weight", l.weight, gW, lr)
+                else:
+                    l.weight -= lr * gW
         return float(loss)
 
 
@@ -151,29 +176,35 @@ def _fast_step_for(model, opt: Optimizer, batch_size: int) -> _FusedStep:
     # numpy: a _FusedStep per batch size (its preallocated buffers are the point)
     steps = _CACHE.setdefault(opt, {})
     if batch_size not in steps:
-        steps[batch_size] = _FusedStep(model, batch_size)
+        steps[batch_size] = _FusedStep(model, opt, batch_size)
     return steps[batch_size]
 
 
-def fast_train_steps(model, opt: Optimizer, Xs, Ys) -> np.ndarray:
-    """k SGD steps on the fastest honest numpy path (:class:`_FusedStep`); the same losses as k
-    calls of :func:`train_step` to float rounding.
+def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None) -> np.ndarray:
+    """k optimizer steps (SGD or AdamW, either schedule, dropout) on the fastest honest numpy
+    path (:class:`_FusedStep`); the same losses as k calls of :func:`train_step` to float
+    rounding.
 
-    Arguments: Xs (k, B, block_size) int, Ys (k, B) int. Token ids are checked once for all k
-    steps; BLAS threads are set once. Returns the k losses, float64 (k,). The optimizer's step
-    count (and so the lr schedule) advances by k.
+    Arguments: Xs (k, B, block_size) int, Ys (k, B) int; masks: None, or the k steps' dropout
+    masks, one (k, *Tanh output shape) array per Tanh layer (shared.stream.DropoutStream.take).
+    Token ids are checked once for all k steps; BLAS threads are set once. Returns the k
+    losses, float64 (k,). The optimizer's step count (and so the lr schedule) advances by k.
 
     Raises:
         ValueError: from shared.checks.check_step_batches (token ids out of range, mismatched
-            shapes, a batch too small for BatchNorm); the model is unchanged.
+            shapes, a batch too small for BatchNorm) or check_masks; the model is unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
-    Xs, Ys = Xs.astype(np.int64, copy=False), Ys.astype(np.int64, copy=False)
+    if model.spec.batchnorm.per_position:   # the fused step normalises over every row of a channel
+        raise ValueError("the numpy fast path does not implement the lecture's pre-fix BatchNorm "
+                         "(per position, BatchNormSpec.per_position); train it without --fast")
+    masks = _masks(model, masks, Xs.shape[1], len(Xs))
+    Xs, Ys = np.ascontiguousarray(Xs, dtype=np.int64), np.ascontiguousarray(Ys, dtype=np.int64)
     losses = np.empty(len(Xs), dtype=np.float64)
     model.train()
     step = _fast_step_for(model, opt, Xs.shape[1])
     with threads_for(Xs.shape[1]):
         for i in range(len(Xs)):
-            losses[i] = step(Xs[i], Ys[i], opt.lr)
+            losses[i] = step(Xs[i], Ys[i], opt.lr, None if masks is None else [m[i] for m in masks])
             opt.t += 1
     return losses

@@ -220,18 +220,24 @@ class BatchNorm1d(_Layer):
     var = sum(w (x - mean)^2) / d, n = sum(w), d = n - 1 or n; and the backward becomes
         dx = inv_std * (dxhat - (w / n) * sum(dxhat) - (w / d) * xhat * sum(dxhat * xhat))
     (w = 1 everywhere gives the formula above).
+
+    positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B. It does not
+    combine with `counts` (ValueError: the conv model has no fixed T).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
-                 dtype="float32"):
+                 dtype="float32", positions: int = 0):
         super().__init__()
         if convention not in ("lecture", "torch", "flax"):
             raise ValueError(f"unknown BatchNorm convention {convention!r}")
         self.eps, self.momentum, self.convention = eps, momentum, convention
+        self.positions = positions
+        stat = (positions, dim) if positions else (dim,)
         self.gamma = np.ones(dim, dtype=dtype)
         self.beta = np.zeros(dim, dtype=dtype)
-        self.running_mean = np.zeros(dim, dtype=dtype)
-        self.running_var = np.ones(dim, dtype=dtype)
+        self.running_mean = np.zeros(stat, dtype=dtype)
+        self.running_var = np.ones(stat, dtype=dtype)
 
     def parameters(self):
         return {"gamma": self.gamma, "beta": self.beta}
@@ -243,8 +249,13 @@ class BatchNorm1d(_Layer):
         self.counts = None
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
+            if counts is not None and self.positions:
+                raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
+                                 "do not combine with per-node weights (the whole-sequence path)")
+            if self.positions:
+                dims = (0,)                   # pre-fix: statistics per position and channel
             if counts is None:
-                n = x.size // x.shape[-1]
+                n = x.size // x.shape[-1] if not self.positions else x.shape[0]
             else:   # weighted nodes (whole-sequence path): n is the sum of the weights
                 if counts.shape != x.shape[:-1]:
                     raise ValueError(f"counts of shape {counts.shape} for input {x.shape}")
@@ -288,6 +299,8 @@ class BatchNorm1d(_Layer):
             return self.inv_std * (dxhat - (w / n) * dxhat.sum(dims)
                                    - (w / self.d) * xhat * (dxhat * xhat).sum(dims))
         n = dout.size // dout.shape[-1]
+        if self.positions:
+            dims, n = (0,), dout.shape[0]
         return self.inv_std / n * (n * dxhat - dxhat.sum(dims) - (n / self.d) * xhat * (dxhat * xhat).sum(dims))
 
 
@@ -304,14 +317,40 @@ class Tanh(_Layer):
         return (1.0 - self.out * self.out) * dout
 
 
+# torch ships nn.Dropout, but it draws its own masks; here the mask comes from shared.stream.
+class Dropout(_Layer):
+    """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
+    Prevent Neural Networks from Overfitting"): out = x * mask, mask of x's shape with values 0
+    (dropped) or 1/(1-p) (kept, scaled so the expected output is x). The masks are drawn in
+    shared.stream.DropoutStream, so every backend drops the same units; no mask (eval mode, or
+    no dropout) is the identity. Backward: dx = dout * mask.
+    """
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        self.mask = mask
+        self.out = x if mask is None else x * mask
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self.dout = dout
+        return dout if self.mask is None else dout * self.mask
+
+
+# Sequential runs the layers in order forward and in reverse order backward (autograd's job in torch/JAX).
 class Sequential(_Layer):
     """Layers applied in order; backward runs them in reverse. `ids` are the canonical layer
-    indices (ModelSpec.layer_ids; default the positions 0, 1, 2, ...), as torch's child names."""
+    indices (ModelSpec.layer_ids; default the positions 0, 1, 2, ...), as torch's child names.
+
+    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at position i). It is not one of the
+    indexed layers, so the layer indices, and with them the canonical names, do not move; it
+    does something only in a forward given `masks`.
+    """
 
     def __init__(self, *layers: _Layer, ids=None):
         super().__init__()
         self.layers = list(layers)
         self.ids = list(range(len(layers))) if ids is None else list(ids)
+        self.dropouts = {i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, Tanh)}
 
     def __getitem__(self, i: int) -> _Layer:
         return self.layers[i]
@@ -332,17 +371,24 @@ class Sequential(_Layer):
     def eval(self) -> "Sequential":
         return self.train(False)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        for l in self.layers:
+    def __call__(self, x: np.ndarray, masks=None) -> np.ndarray:
+        """x (B, block_size) int -> logits (B, vocab_size). `masks`: None, or one dropout mask per
+        Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
+        for i, l in enumerate(self.layers):
             x = l(x)
+            if i in self.dropouts:
+                x = self.dropouts[i](x, masks.get(i))
         self.out = x
         return x
 
     def backward(self, dout: np.ndarray) -> None:
         """Backpropagate dLoss/d(logits) through every layer (the embedding ends the chain)."""
         self.dout = dout
-        for l in reversed(self.layers):
-            dout = l.backward(dout)
+        for i in reversed(range(len(self.layers))):
+            if i in self.dropouts:
+                dout = self.dropouts[i].backward(dout)
+            dout = self.layers[i].backward(dout)
 
     def named_parameters(self):
         """Yield (canonical name, array) of the trainable parameters, layer order."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.checks import check_sequences, check_targets, check_token_ids
+from shared.checks import check_masks, check_sequences, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec, window_counts
 
@@ -13,6 +13,7 @@ from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Li
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
+# numpy allocates placeholder arrays; torch and Flax modules initialise themselves (overwritten by load_params).
 def build_model(spec: ModelSpec) -> Sequential:
     """A Sequential whose layer k is spec.layers[k] (canonical index spec.layer_ids()[k]), in the
     spec's dtype, in train mode.
@@ -21,7 +22,7 @@ def build_model(spec: ModelSpec) -> Sequential:
     """
     bn, dt = spec.batchnorm, DTYPES[spec.dtype]
     layers = []
-    for l in spec.layers:
+    for i, l in enumerate(spec.layers):
         if l.kind == "embedding":
             layers.append(Embedding(l.num, l.dim, dtype=dt))
         elif l.kind == "flatten":
@@ -33,7 +34,7 @@ def build_model(spec: ModelSpec) -> Sequential:
                                        dtype=dt))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
-                                      dtype=dt))
+                                      dtype=dt, positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
         else:
@@ -51,6 +52,7 @@ def _canonical(model: Sequential) -> dict[str, np.ndarray]:
     return {name: sd[name] for name in param_shapes(model.spec)}
 
 
+# numpy writes into the layers' own arrays in place.
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model, in place.
 
@@ -66,29 +68,39 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
     return {name: a.copy() for name, a in _canonical(model).items()}
 
 
-def _tokens(model: Sequential, X) -> np.ndarray:
+def _tokens(model: Sequential, X, train: bool = False) -> np.ndarray:
+    # checked before anything runs (shared.checks); train mode also needs a batch BatchNorm can
+    # normalise (ModelSpec.check_train_batch). Any integer dtype and memory layout is accepted.
     X = np.asarray(X)
     check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
-    return X.astype(np.int64, copy=False)
+    if train:
+        model.spec.check_train_batch(len(X))
+    return np.ascontiguousarray(X, dtype=np.int64)
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> np.ndarray:
     # checked (shared.checks.check_targets; with n, the number of contexts, the shape too): numpy's
     # fancy indexing would wrap a negative target to the last class
-    return check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False)
+    return np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int64)
+
+
+def _masks(model: Sequential, masks, n: int, k: int | None = None) -> list[np.ndarray] | None:
+    # checked (shared.checks.check_masks: one per Tanh, of its output's shape for n examples, with
+    # a leading k for k steps), in the model's dtype; None: no dropout
+    return check_masks(model.spec, masks, n, k)
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     """Logits (B, vocab_size) for token ids X (B, block_size) int. Train mode uses batch
     statistics and updates the running stats; eval mode uses the running stats."""
     model.train(train)
-    return model(_tokens(model, X)).copy()
+    return model(_tokens(model, X, train)).copy()
 
 
 def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
     """The output of every layer, in order (the last one is the logits)."""
     model.train(train)
-    model(_tokens(model, X))
+    model(_tokens(model, X, train))
     return [l.out.copy() for l in model]
 
 
@@ -116,13 +128,15 @@ def cross_entropy(logits: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]
     return float(loss), dlogits
 
 
-def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
-    trainable parameter under its canonical name and layout (copies)."""
+    trainable parameter under its canonical name and layout (copies). `masks`: None, or the
+    dropout masks of this step (one per Tanh layer, shared.stream.DropoutStream.masks)."""
     model.train(True)
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss, dlogits = cross_entropy(model(X), Y)
+    masks = _masks(model, masks, len(X))
+    loss, dlogits = cross_entropy(model(X, masks), Y)
     model.backward(dlogits)
     grads = {f"{i}.{k}": g.copy() for i, l in zip(model.ids, model) for k, g in l.grads.items()}
     return loss, {k: grads[k] for k in param_shapes(model.spec, buffers=False)}
@@ -133,9 +147,12 @@ def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray
 def _sequence_logits(model: Sequential, X: np.ndarray, counts: list) -> np.ndarray:
     # the layers one by one, each BatchNorm1d with its node weights (counts[k], None in eval mode);
     # logits (B, L, vocab) also when the last convolution squeezed L == 1 away
+    # (no dropout on this path: each Dropout is run without a mask, so its backward is the identity)
     x = X
-    for layer, c in zip(model, counts):
+    for i, (layer, c) in enumerate(zip(model, counts)):
         x = layer(x) if c is None else layer(x, c.reshape(x.shape[:-1]))
+        if i in model.dropouts:
+            x = model.dropouts[i](x, None)
     model.out = x
     return x.reshape(len(X), X.shape[1] - model.spec.block_size + 1, -1)
 

@@ -1,22 +1,25 @@
-"""Training, evaluation and sampling written out in numpy: a hand-written SGD with the lecture's
-step schedule (no optimizer library), train/eval mode flags, chunked evaluation.
+"""Training, evaluation and sampling written out in numpy: hand-written SGD and AdamW on the
+lecture's step schedule or warm-up + cosine (no optimizer library), train/eval mode flags,
+chunked evaluation.
 
 The plain path a learner reads; the fastest honest path is fast.py."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from shared.stream import sample_tokens
 from shared.threads import step_threads
-from shared.config import TrainConfig, lr_at
-
-from shared.checks import check_sequences
+from shared.checks import check_sequences, check_state
+from shared.config import ADAM_BETAS, ADAM_EPS, TrainConfig, lr_at
+from shared.params import is_decayed
 from shared.spec import window_counts
 
-from .model import _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
+
+from .model import _masks, _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
 
 _EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
 
@@ -60,42 +63,93 @@ def threads_for(batch_size: int):
         yield
 
 
+# torch.optim and optax own their updates; numpy writes SGD out by hand.
 class Optimizer:
-    """Plain SGD, `p -= lr_at(cfg, t) * grad` (Part 5's `p.data += -lr * p.grad`), hand-written:
-    numpy has no optimizer library. The step count t is kept here (as in torch's Optimizer;
+    """The training config's optimizer, hand-written (numpy has no optimizer library), on
+    shared.config.lr_at's schedule. The step count t is kept here (as in torch's Optimizer;
     optax keeps it in its state).
+
+    "sgd": `p -= lr * grad` (Part 5's `p.data += -lr * p.grad`). "adamw" (Loshchilov & Hutter
+    2019, as torch.optim.AdamW computes it, in the same order, step t counted from 1):
+        p *= 1 - lr * weight_decay                  (only where shared.params.is_decayed)
+        m += (1 - b1) * (g - m)                     (torch's exp_avg.lerp_(g, 1 - b1))
+        v = b2 * v + (1 - b2) * g * g
+        p -= lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)
+    b1, b2 = shared.config.ADAM_BETAS, eps = ADAM_EPS; m, v start at zero, in the params' dtype.
 
     Attributes:
         t: steps taken (int); the schedule's position.
-        params: (layer, field) pairs: the gradient is read from layer.grads[field] after backward.
+        params: {canonical name: (layer, field)}: the gradient is read from layer.grads[field]
+            after backward.
+        exp_avg, exp_avg_sq: AdamW's m and v, {canonical name: array} ({} for SGD).
     """
 
     def __init__(self, model, cfg: TrainConfig):
         self.cfg, self.t = cfg, 0
-        self.params = [(l, k) for l in model for k in l.parameters()]
+        self.params = {f"{i}.{k}": (l, k) for i, l in zip(model.ids, model) for k in l.parameters()}
+        adamw = cfg.optimizer == "adamw"
+        self.exp_avg = {n: np.zeros_like(getattr(l, k)) for n, (l, k) in self.params.items()} if adamw else {}
+        self.exp_avg_sq = {n: np.zeros_like(a) for n, a in self.exp_avg.items()}
 
     @property
     def lr(self) -> float:
         """The learning rate of the next step (shared.config.lr_at)."""
         return lr_at(self.cfg, self.t)
 
+    def update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+        """Apply this step's update to parameter `name` (its array p, in place) from its gradient
+        g at learning rate lr; the step being taken is t + 1 (t advances once all are updated)."""
+        if self.cfg.optimizer == "sgd":
+            p -= lr * g   # in place: the layer keeps the same array object
+            return
+        (b1, b2), t = ADAM_BETAS, self.t + 1
+        if self.cfg.weight_decay and is_decayed(name):
+            p *= 1 - lr * self.cfg.weight_decay   # decoupled: the decay does not pass through m, v
+        m, v = self.exp_avg[name], self.exp_avg_sq[name]
+        m += (1 - b1) * (g - m)
+        v *= b2
+        v += (1 - b2) * g * g
+        denom = np.sqrt(v) / math.sqrt(1 - b2 ** t) + ADAM_EPS
+        p -= (lr / (1 - b1 ** t)) * (m / denom)
+
     def step(self) -> None:
         """Apply every layer's gradient (from the last backward) and advance t."""
         lr = self.lr  # a Python float: numpy keeps the parameters' dtype (NEP 50)
-        for layer, k in self.params:
-            p = getattr(layer, k)
-            p -= lr * layer.grads[k]   # in place: the layer keeps the same array object
+        for name, (layer, k) in self.params.items():
+            self.update(name, getattr(layer, k), layer.grads[k], lr)
         self.t += 1
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The optimizer's state in canonical form (for a resumable checkpoint): "t" int64 (),
+        and for AdamW the moments exp_avg.<name>, exp_avg_sq.<name> (copies, canonical layout
+        and the params' dtype); plain SGD keeps no momenta."""
+        return {"t": np.array(self.t, dtype=np.int64),
+                **{f"exp_avg.{n}": a.copy() for n, a in self.exp_avg.items()},
+                **{f"exp_avg_sq.{n}": a.copy() for n, a in self.exp_avg_sq.items()}}
 
-def train_step(model, opt: Optimizer, X, Y) -> float:
-    """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss."""
-    model.spec.check_train_batch(len(X))  # an empty batch would fail deep in a reshape
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned. Raises ValueError (shared.checks.check_state)
+        for entries that do not fit (missing, unexpected, of another shape)."""
+        want = self.state_dict()
+        state = check_state(state, list(want), shapes={k: v.shape for k, v in want.items() if k != "t"})
+        for n in self.exp_avg:
+            self.exp_avg[n][...] = state[f"exp_avg.{n}"]
+            self.exp_avg_sq[n][...] = state[f"exp_avg_sq.{n}"]
+        self.t = int(np.asarray(state["t"]).reshape(()))  # safetensors stores () as (1,)
+
+
+def train_step(model, opt: Optimizer, X, Y, masks=None) -> float:
+    """One optimizer step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss.
+
+    `masks`: None, or this step's dropout masks (one per Tanh layer, each of its output's shape,
+    shared.stream.DropoutStream.masks). Raises ValueError (token ids, target shape, a batch too
+    small for BatchNorm, masks) before any state changes."""
     model.train()
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
+    masks = _masks(model, masks, len(X))
     with threads_for(len(X)):
-        loss, dlogits = cross_entropy(model(X), Y)
+        loss, dlogits = cross_entropy(model(X, masks), Y)
         model.backward(dlogits)
         opt.step()
     return loss

@@ -1,5 +1,5 @@
-"""The fastest honest torch path: a hand-fused step (forward, manual backward, SGD) compiled once
-by torch.compile.
+"""The fastest honest torch path: a hand-fused step (forward with dropout, manual backward, SGD or
+AdamW) compiled once by torch.compile.
 
 Same losses as train_step to float rounding (tested), same batches, same schedule.
 """
@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from shared.checks import check_step_batches
-from shared.config import lr_at
+from shared.config import ADAM_BETAS, ADAM_EPS, lr_at
 
+from .model import _masks
 from .train import Optimizer, threads_for
 
 # --- The fastest honest path: a hand-fused step (forward, manual backward, SGD) compiled once ---
@@ -26,19 +27,40 @@ def _bn_dims(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(x.ndim - 1))
 
 
+def _update(p, g, lr, mv, adam, decayed: bool) -> None:
+    # p -= lr * g (SGD); with mv = (exp_avg, exp_avg_sq), torch.optim.AdamW's own state tensors,
+    # and adam = (step_size, bias_correction2_sqrt, decay) its update, as train.Optimizer's
+    # AdamW computes it (torch.optim.adam._single_tensor_adam), in place
+    if mv is None:
+        p.sub_(lr * g)
+        return
+    step_size, bc2_sqrt, decay = adam
+    m, v = mv
+    if decayed:
+        p.mul_(decay)
+    m.lerp_(g, 1 - ADAM_BETAS[0])
+    v.mul_(ADAM_BETAS[1]).addcmul_(g, g, value=1 - ADAM_BETAS[1])
+    p.sub_(step_size * (m / (v.sqrt() / bc2_sqrt + ADAM_EPS)))
+
+
 def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, lr,
-                convention: str, eps: float, momentum: float):
-    """One training step without autograd: forward (train mode), cross-entropy, hand-written
-    backward, running-stat updates and SGD (p -= lr * grad), all in place on `params`/`buffers`.
+                convention: str, eps: float, momentum: float, masks=None, moments=None, adam=None):
+    """One training step without autograd: forward (train mode, dropout when given masks),
+    cross-entropy, hand-written backward, running-stat updates and the optimizer's update (SGD,
+    p -= lr * grad, or AdamW), all in place on `params`/`buffers`/`moments`.
 
     kinds[k] names layer k (embedding, flatten, linear, batchnorm, tanh); params[k] is its tuple
     of parameter tensors (torch layout: Linear weight (fan_out, fan_in)); buffers[k] its
     (running_mean, running_var) for BatchNorm. X (B, T) int64, Y (B,) int64, lr a 0-d tensor.
+    masks: None, or one dropout mask per Tanh (its output's shape). moments: None (SGD), or
+    moments[k] a tuple of (exp_avg, exp_avg_sq) per parameter of layer k; adam the step's
+    (step_size, bias_correction2_sqrt, 1 - lr * weight_decay) 0-d tensors (AdamW).
     Returns the loss, a 0-d tensor. Backward formulas: lecture Part 4 (makemore_part4_backprop,
     exercise 3 at 1:36:37 for BatchNorm with Bessel's correction, exercise 2 at 1:26:31 for
     cross-entropy).
     """
-    saved, x = [], X
+    mv = (lambda k, j: None) if moments is None else (lambda k, j: moments[k][j])  # noqa: E731
+    saved, x, tanhs = [], X, 0
     for kind, layer, p, buf in zip(kinds, layers, params, buffers):
         if kind == "embedding":
             saved.append(x)
@@ -69,7 +91,11 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
             x = p[0] * xhat + p[1]
         elif kind == "tanh":
             x = torch.tanh(x)
-            saved.append(x)
+            mask = None if masks is None else masks[tanhs]
+            saved.append((x, mask))
+            tanhs += 1
+            if mask is not None:
+                x = x * mask   # Dropout
     logits = x
     B = logits.shape[0]
     logp = torch.log_softmax(logits, dim=1)
@@ -78,10 +104,11 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
     dx = logp.exp()
     dx[torch.arange(B), Y] -= 1
     dx = dx / B
-    for kind, layer, p, s in zip(reversed(kinds), reversed(layers), reversed(params), reversed(saved)):
+    for k in reversed(range(len(kinds))):
+        kind, layer, p, s = kinds[k], layers[k], params[k], saved[k]
         if kind == "embedding":
             gW = torch.zeros_like(p[0]).index_add_(0, s.reshape(-1), dx.reshape(-1, dx.shape[-1]))
-            p[0].sub_(lr * gW)
+            _update(p[0], gW, lr, mv(k, 0), adam, True)
         elif kind == "flatten":
             dx = dx.reshape(s)
         elif kind == "linear":
@@ -89,9 +116,9 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
             d2 = dx.reshape(-1, dx.shape[-1])
             gW = d2.t() @ x2
             if len(p) == 2:
-                p[1].sub_(lr * d2.sum(0))
+                _update(p[1], d2.sum(0), lr, mv(k, 1), adam, False)
             dx = (d2 @ p[0]).reshape(*s.shape[:-1], -1)  # uses W before its update
-            p[0].sub_(lr * gW)
+            _update(p[0], gW, lr, mv(k, 0), adam, True)
         elif kind == "batchnorm":
             xhat, rstd, n = s
             dims = _bn_dims(dx)
@@ -99,10 +126,13 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
             dxhat = dx * p[0]
             c = n / (n - 1) if convention == "lecture" else 1.0  # Bessel: lecture Part 4 at 1:05:17
             dx = rstd / n * (n * dxhat - dxhat.sum(dims) - c * xhat * (dxhat * xhat).sum(dims))
-            p[0].sub_(lr * g_gamma)
-            p[1].sub_(lr * g_beta)
+            _update(p[0], g_gamma, lr, mv(k, 0), adam, False)
+            _update(p[1], g_beta, lr, mv(k, 1), adam, False)
         elif kind == "tanh":
-            dx = dx * (1 - s * s)
+            t, mask = s
+            if mask is not None:
+                dx = dx * mask   # Dropout's backward
+            dx = dx * (1 - t * t)
     return loss
 
 
@@ -111,8 +141,10 @@ _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _fast_step_for(model, opt: Optimizer, compile: bool):
-    """(step function, kinds, layer args, params, buffers) for `model`, built once per optimizer.
-    The tensors are detached views of the model's own parameters: updates land in the model."""
+    """(step function, kinds, layer args, params, buffers, moments) for `model`, built once per
+    optimizer. The tensors are detached views of the model's own parameters, and for AdamW
+    torch.optim.AdamW's own exp_avg/exp_avg_sq tensors (moments[k]: one pair per parameter of
+    layer k; None for SGD): updates land in the model and the optimizer."""
     steps = _CACHE.setdefault(opt, {})
     if compile in steps:
         return steps[compile]
@@ -130,45 +162,70 @@ def _fast_step_for(model, opt: Optimizer, compile: bool):
         else:
             params.append(())
         buffers.append((mod.running_mean, mod.running_var) if kind == "batchnorm" else ())
+    moments = None
+    if opt.cfg.optimizer == "adamw":
+        state = opt._moments()   # canonical name -> tensor, created (zeros) before the first step
+        names = [[f"{k}.{f}" for f in ("weight", "bias", "gamma", "beta") if f"{k}.{f}" in opt.params]
+                 for k in range(len(kinds))]
+        moments = [tuple((state["exp_avg"][n], state["exp_avg_sq"][n]) for n in ns) for ns in names]
     if compile:
         # one compiled graph per (preset, batch, dtype): raise dynamo's limit of 8 recompiles of
         # _fused_step, past which it would silently fall back to eager, and fail loudly instead
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.fail_on_recompile_limit_hit = True
     fn = torch.compile(_fused_step, dynamic=False) if compile else _fused_step
-    steps[compile] = (fn, kinds, layers, params, buffers)
+    steps[compile] = (fn, kinds, layers, params, buffers, moments)
     return steps[compile]
 
 
-def fast_train_steps(model, opt: Optimizer, Xs, Ys, compile: bool = True) -> np.ndarray:
-    """k SGD steps on the fastest honest torch path; the same losses as k calls of train_step.
+def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None, compile: bool = True) -> np.ndarray:
+    """k optimizer steps (SGD or AdamW, either schedule, dropout) on the fastest honest torch
+    path; the same losses as k calls of train_step.
 
     Arguments:
         Xs: (k, B, block_size) int token ids; Ys: (k, B) int targets.
+        masks: None, or the k steps' dropout masks, one (k, *Tanh output shape) array per Tanh
+            layer (shared.stream.DropoutStream.take).
         compile: run the hand-fused step through torch.compile (inductor, C++ on CPU; the first
             call per shape compiles, ~40 s cold, ~2 s from inductor's on-disk cache); False runs
             the same fused step eagerly. Threads: shared.threads.step_threads (1 at batch
             <= 64 unless MAKEMORE_THREADS says otherwise).
     Returns:
-        (k,) float64 losses. The model's parameters and running stats and the optimizer's step
-        count t advance exactly as after k train_step calls (the lr of step i is lr_at(step i)).
+        (k,) float64 losses. The model's parameters and running stats, AdamW's moments and the
+        optimizer's step count t advance exactly as after k train_step calls (the lr of step i
+        is lr_at(step i)).
     Raises:
         ValueError: from shared.checks.check_step_batches (token ids out of range, mismatched
-            shapes, a batch too small for BatchNorm); the model is unchanged.
+            shapes, a batch too small for BatchNorm) or check_masks; the model is unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
+    if model.spec.batchnorm.per_position:   # the fused step normalises over every row of a channel
+        raise ValueError("the torch fast path does not implement the lecture's pre-fix BatchNorm "
+                         "(per position, BatchNormSpec.per_position); train it without --fast")
+    masks = _masks(model, masks, Xs.shape[1], len(Xs))
     k = len(Xs)
-    X = torch.from_numpy(Xs.astype(np.int64, copy=False))
-    Y = torch.from_numpy(Ys.astype(np.int64, copy=False))
-    fn, kinds, layers, params, buffers = _fast_step_for(model, opt, compile)
+    X = torch.from_numpy(np.ascontiguousarray(Xs, dtype=np.int64))  # from_numpy refuses negative strides
+    Y = torch.from_numpy(np.ascontiguousarray(Ys, dtype=np.int64))
+    fn, kinds, layers, params, buffers, moments = _fast_step_for(model, opt, compile)
     bn = model.spec.batchnorm
     dtype = next(model.parameters()).dtype
-    lrs = torch.tensor([lr_at(opt.cfg, opt.t + i) for i in range(k)], dtype=dtype)
+    lrs = [lr_at(opt.cfg, opt.t + i) for i in range(k)]
+    adam = None
+    if moments is not None:   # AdamW's per-step scalars, as torch.optim.AdamW computes them (step t from 1)
+        (b1, b2), wd = ADAM_BETAS, opt.cfg.weight_decay
+        adam = torch.tensor([(lr / (1 - b1 ** t), (1 - b2 ** t) ** 0.5, 1 - lr * wd)
+                             for t, lr in enumerate(lrs, start=opt.t + 1)], dtype=dtype)
+    lrs = torch.tensor(lrs, dtype=dtype)
     losses = torch.empty(k, dtype=torch.float64)
     model.train()
     with threads_for(Xs.shape[1]), torch.no_grad():
         for i in range(k):
             losses[i] = fn(kinds, layers, params, buffers, X[i], Y[i], lrs[i],
-                           bn.convention, bn.eps, bn.momentum)
+                           bn.convention, bn.eps, bn.momentum,
+                           None if masks is None else [m[i] for m in masks], moments,
+                           None if adam is None else adam[i])
     opt.t += k  # the fused step updated the parameters itself, not opt.optimizer.step()
+    if moments is not None:
+        for p, _ in opt.params.values():
+            opt.optimizer.state[p]["step"] += k   # AdamW's own count, as k optimizer.step() calls
     return losses.numpy()

@@ -2,7 +2,8 @@
 
 Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb), where
 the lecture writes these layers "torch.nn-like" by hand; here torch.nn's own modules are used
-wherever torch ships one (Embedding, Linear, Tanh, Sequential) and the other two are nn.Modules.
+wherever torch ships one (Embedding, Linear, Tanh) and the others are nn.Modules (Sequential
+subclasses nn.Sequential to take the dropout masks).
 Shapes: B batch, T positions, C channels.
 """
 import torch
@@ -61,6 +62,8 @@ class CausalConv1d(nn.Conv1d):
         return x
 
 
+# torch ships nn.BatchNorm1d, but it wants channels in dim 1 and normalises with the biased
+# variance only: written out so every convention of the spec (docs/design.md) is one flag.
 class BatchNorm1d(nn.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
@@ -74,22 +77,37 @@ class BatchNorm1d(nn.Module):
     Optional `counts` (x.shape[:-1], train mode): a weight per node for the whole-sequence path of
     a conv model (shared.spec.window_counts): the statistics of the nodes repeated `counts`
     times, n = sum(counts). autograd differentiates the weighted sums.
+
+    positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B. It does not
+    combine with `counts` (ValueError: the conv model has no fixed T).
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture"):
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
+                 positions: int = 0):
         super().__init__()
         if convention not in ("lecture", "torch", "flax"):
             raise ValueError(f"unknown BatchNorm convention {convention!r}")
         self.eps, self.momentum, self.convention = eps, momentum, convention
+        self.positions = positions
+        stat = (positions, dim) if positions else (dim,)
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
-        self.register_buffer("running_mean", torch.zeros(dim))
-        self.register_buffer("running_var", torch.ones(dim))
+        self.register_buffer("running_mean", torch.zeros(stat))
+        self.register_buffer("running_var", torch.ones(stat))
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
-            n = x.numel() // x.shape[-1] if counts is None else float(counts.sum())
+            if counts is not None and self.positions:
+                raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
+                                 "do not combine with per-node weights (the whole-sequence path)")
+            if self.positions:
+                dims = (0,)                   # pre-fix: statistics per position and channel
+            if counts is not None:
+                n = float(counts.sum())
+            else:
+                n = x.numel() // x.shape[-1] if not self.positions else x.shape[0]
             if n < 2:
                 raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
             if counts is None:
@@ -113,9 +131,48 @@ class BatchNorm1d(nn.Module):
         return self.gamma * xhat + self.beta
 
     def extra_repr(self) -> str:
-        return f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"
+        return (f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"
+                + (f", positions={self.positions}" if self.positions else ""))
 
 
-# torch ships Tanh and Sequential (children indexed 0..L-1: the canonical layer index).
+# torch ships Tanh.
 Tanh = nn.Tanh
-Sequential = nn.Sequential
+
+
+# torch ships nn.Dropout, but it draws its own masks; here the mask comes from shared.stream.
+class Dropout(nn.Module):
+    """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
+    Prevent Neural Networks from Overfitting"): out = x * mask, mask of x's shape with values 0
+    (dropped) or 1/(1-p) (kept, scaled so the expected output is x). The masks are drawn in
+    shared.stream.DropoutStream, so every backend drops the same units; no mask (eval mode, or
+    no dropout) is the identity. Autograd gives the backward, dout * mask.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return x if mask is None else x * mask
+
+
+# torch ships Sequential (children indexed 0..L-1: the canonical layer index); its forward takes
+# one input, so the masks need a subclass.
+class Sequential(nn.Sequential):
+    """Layers applied in order (index = canonical layer index).
+
+    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    indexed layers (a plain dict, not registered: nn.Sequential's children are the indexed
+    layers), so the layer indices, and with them the canonical names, do not move; it does
+    something only in a forward given `masks`.
+    """
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self.dropouts = {i: Dropout() for i, l in enumerate(self) if isinstance(l, Tanh)}
+
+    def forward(self, x: torch.Tensor, masks=None) -> torch.Tensor:
+        """x (B, block_size) int64 -> logits (B, vocab_size). `masks`: None, or one dropout mask
+        per Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
+        for i, l in enumerate(self):
+            x = l(x)
+            if i in self.dropouts:
+                x = self.dropouts[i](x, masks.get(i))
+        return x

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.checks import check_sequences, check_targets, check_token_ids
+from shared.checks import check_masks, check_sequences, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec, window_counts
 
@@ -17,6 +17,7 @@ from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Li
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+# torch.nn modules initialise themselves with torch's RNG; load_params overwrites them with the shared draws.
 def build_model(spec: ModelSpec) -> Sequential:
     """An nn.Sequential whose child k is spec.layers[k], named by its canonical index
     (spec.layer_ids()[k], so the state_dict keys are the canonical names), in the spec's dtype, in
@@ -26,7 +27,7 @@ def build_model(spec: ModelSpec) -> Sequential:
     """
     bn = spec.batchnorm
     layers = []
-    for l in spec.layers:
+    for i, l in enumerate(spec.layers):
         if l.kind == "embedding":
             layers.append(Embedding(l.num, l.dim))
         elif l.kind == "flatten":
@@ -36,7 +37,8 @@ def build_model(spec: ModelSpec) -> Sequential:
         elif l.kind == "conv":
             layers.append(CausalConv1d(l.fan_in, l.fan_out, n=l.n, dilation=l.dilation, bias=l.bias))
         elif l.kind == "batchnorm":
-            layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention))
+            layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
+                                      positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
         else:
@@ -77,6 +79,7 @@ def _from_torch(t: torch.Tensor, kind: str) -> torch.Tensor:
     return t
 
 
+# torch copies into the Parameters and buffers under no_grad, transposing Linear weights.
 def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """Copy canonical parameters (names, shapes, dtype checked) into the model.
 
@@ -94,16 +97,27 @@ def export_params(model: Sequential) -> dict[str, np.ndarray]:
             for name, (t, kind) in _canonical(model).items()}
 
 
-def _tokens(model: Sequential, X) -> torch.Tensor:
+def _tokens(model: Sequential, X, train: bool = False) -> torch.Tensor:
+    # checked before anything runs (shared.checks); train mode also needs a batch BatchNorm can
+    # normalise (ModelSpec.check_train_batch). Any integer dtype and memory layout is accepted.
     X = np.asarray(X)
     check_token_ids(X, model.spec.vocab_size, model.spec.block_size)
-    return torch.from_numpy(X.astype(np.int64, copy=False))
+    if train:
+        model.spec.check_train_batch(len(X))
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.int64))  # from_numpy refuses negative strides
 
 
 def _targets(model: Sequential, Y, n: int | None = None) -> torch.Tensor:
     # checked (shared.checks.check_targets; with n, the number of contexts, the shape too) for a
     # clear error: F.cross_entropy's IndexError names no fix
-    return torch.from_numpy(check_targets(Y, model.spec.vocab_size, n).astype(np.int64, copy=False))
+    return torch.from_numpy(np.ascontiguousarray(check_targets(Y, model.spec.vocab_size, n), dtype=np.int64))
+
+
+def _masks(model: Sequential, masks, n: int, k: int | None = None) -> list[torch.Tensor] | None:
+    # checked (shared.checks.check_masks: one per Tanh, of its output's shape for n examples, with
+    # a leading k for k steps), in the model's dtype; None: no dropout
+    masks = check_masks(model.spec, masks, n, k)
+    return None if masks is None else [torch.from_numpy(m) for m in masks]
 
 
 def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
@@ -111,13 +125,13 @@ def forward(model: Sequential, X, train: bool = False) -> np.ndarray:
     statistics and updates the running stats; eval mode uses the running stats."""
     model.train(train)
     with torch.no_grad():
-        return model(_tokens(model, X)).numpy()
+        return model(_tokens(model, X, train)).numpy()
 
 
 def layer_outputs(model: Sequential, X, train: bool = False) -> list[np.ndarray]:
     """The output of every layer, in order (the last one is the logits)."""
     model.train(train)
-    x, outs = _tokens(model, X), []
+    x, outs = _tokens(model, X, train), []
     with torch.no_grad():
         for layer in model:
             x = layer(x)
@@ -136,15 +150,17 @@ def cross_entropy(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, Y)
 
 
-def loss_and_grads(model: Sequential, X, Y) -> tuple[float, dict[str, np.ndarray]]:
+def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str, np.ndarray]]:
     """Cross-entropy of a train-mode forward (running stats updated) and the gradient of every
-    trainable parameter under its canonical name and layout."""
+    trainable parameter under its canonical name and layout. `masks`: None, or the dropout
+    masks of this step (one per Tanh layer, shared.stream.DropoutStream.masks)."""
     model.train(True)
     for p in model.parameters():
         p.grad = None
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss = cross_entropy(model(X), Y)
+    masks = _masks(model, masks, len(X))
+    loss = cross_entropy(model(X, masks), Y)
     loss.backward()
     return loss.item(), _grads(model)
 

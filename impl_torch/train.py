@@ -1,5 +1,5 @@
-"""Training, evaluation and sampling the PyTorch way: torch.optim.SGD, model.train()/model.eval(),
-torch.no_grad() for evaluation and sampling.
+"""Training, evaluation and sampling the PyTorch way: torch.optim.SGD or torch.optim.AdamW,
+model.train()/model.eval(), torch.no_grad() for evaluation and sampling.
 
 The plain path a learner reads; the fastest honest path is fast.py."""
 from __future__ import annotations
@@ -9,14 +9,15 @@ import contextlib
 import numpy as np
 import torch
 
-from shared.config import TrainConfig, lr_at
+from shared.checks import check_sequences, check_state
+from shared.config import ADAM_BETAS, ADAM_EPS, TrainConfig, lr_at
+from shared.params import is_decayed
+from shared.spec import window_counts
 from shared.stream import sample_tokens
 from shared.threads import step_threads
 
-from shared.checks import check_sequences
-from shared.spec import window_counts
 
-from .model import _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
+from .model import _canonical, _masks, _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
 
 
 @contextlib.contextmanager
@@ -37,22 +38,41 @@ def threads_for(batch_size: int):
         torch.set_num_threads(before)
 
 
+# torch.optim.SGD does the update; the step count and lr live here, as in numpy (optax: in its state).
 class Optimizer:
-    """torch.optim.SGD over the model's parameters on the lecture's step schedule, with the step
+    """The training config's torch.optim optimizer over the model's parameters, with the step
     count t kept here (as numpy's Optimizer; optax keeps it in its state).
 
-    The lr is written into the param group before each step (as nanoGPT does) from
-    shared.config.lr_at, exactly "0.1, then 0.01": an LRScheduler would keep the step count in
-    its own internals, which the fused path (fast.py) and a resume would have to reach into.
+    "sgd": torch.optim.SGD. "adamw": torch.optim.AdamW (Loshchilov & Hutter 2019) with betas
+    shared.config.ADAM_BETAS, eps ADAM_EPS, in two param groups: the weight matrices and the
+    embedding (shared.params.is_decayed) with cfg.weight_decay, the biases and BatchNorm
+    gamma/beta with none. Its update (torch docs, AdamW; single-tensor on CPU), step t from 1:
+    p *= 1 - lr * wd; m.lerp_(g, 1 - b1); v = b2 * v + (1 - b2) * g * g;
+    p -= lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps).
+
+    The lr is written into the param groups before each step (as nanoGPT does) from
+    shared.config.lr_at, exactly "0.1, then 0.01" or the warm-up + cosine: an LRScheduler would
+    keep the step count in its own internals, which the fused path (fast.py) and a resume
+    would have to reach into (torch.optim.Optimizer's docs allow changing group["lr"] between
+    steps: it is read at every step).
 
     Attributes:
         t: steps taken (int); the schedule's position.
-        optimizer: the torch.optim.SGD.
+        optimizer: the torch.optim.SGD or torch.optim.AdamW.
+        params: {canonical name: (parameter, transposed?)} of the trainable parameters.
     """
 
     def __init__(self, model, cfg: TrainConfig):
         self.cfg, self.t = cfg, 0
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr_at(cfg, 0))
+        self.params = {name: v for name, v in _canonical(model).items() if v[0].requires_grad}
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=lr_at(cfg, 0))
+        else:
+            decay = [p for name, (p, _) in self.params.items() if is_decayed(name)]
+            rest = [p for name, (p, _) in self.params.items() if not is_decayed(name)]
+            self.optimizer = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                lr=lr_at(cfg, 0), betas=ADAM_BETAS, eps=ADAM_EPS)
 
     @property
     def lr(self) -> float:
@@ -66,20 +86,64 @@ class Optimizer:
         self.optimizer.step()
         self.t += 1
 
+    def _moments(self) -> dict[str, dict[str, torch.Tensor]]:
+        """AdamW's {"exp_avg"/"exp_avg_sq": {canonical name: the state tensor}} in torch's
+        layout, created (zeros, step t) where torch.optim has none yet (before the first step:
+        it creates its state lazily); {} for SGD."""
+        if self.cfg.optimizer == "sgd":
+            return {}
+        for p, _ in self.params.values():
+            st = self.optimizer.state[p]
+            if not st:   # as AdamW's own lazy init (torch.optim.adam.Adam._init_group)
+                st.update(step=torch.tensor(float(self.t), dtype=torch.float32),
+                          exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                          exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+        return {s: {name: self.optimizer.state[p][s] for name, (p, _) in self.params.items()}
+                for s in ("exp_avg", "exp_avg_sq")}
 
-def train_step(model, opt: Optimizer, X, Y) -> float:
-    """One SGD step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss.
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The optimizer's state in canonical form (for a resumable checkpoint): "t" int64 (),
+        and for AdamW the moments exp_avg.<name>, exp_avg_sq.<name> (numpy copies in the
+        canonical layout: Linear weights transposed back to (fan_in, fan_out)); plain SGD keeps
+        no momenta."""
+        out = {"t": np.array(self.t, dtype=np.int64)}
+        for s, tensors in self._moments().items():
+            for name, v in tensors.items():
+                out[f"{s}.{name}"] = (v.T if self.params[name][1] else v).detach().numpy().copy()
+        return out
 
-    Raises ValueError (token ids, target shape, a batch too small for BatchNorm) before any
-    state changes."""
-    model.spec.check_train_batch(len(X))
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` returned (into torch.optim's own state: AdamW's step,
+        exp_avg, exp_avg_sq per parameter). Raises ValueError (shared.checks.check_state) for
+        entries that do not fit (missing, unexpected, of another shape)."""
+        want = self.state_dict()
+        state = check_state(state, list(want), shapes={k: v.shape for k, v in want.items() if k != "t"})
+        self.t = int(np.asarray(state["t"]).reshape(()))  # safetensors stores () as (1,)
+        with torch.no_grad():
+            for s, tensors in self._moments().items():
+                for name, v in tensors.items():
+                    a = torch.from_numpy(np.ascontiguousarray(state[f"{s}.{name}"]))
+                    v.copy_(a.T if self.params[name][1] else a)
+            for p, _ in self.params.values():
+                if "step" in self.optimizer.state[p]:
+                    self.optimizer.state[p]["step"].fill_(float(self.t))
+
+
+def train_step(model, opt: Optimizer, X, Y, masks=None) -> float:
+    """One optimizer step on a minibatch (X (B, block_size) int64, Y (B,) int64); returns the loss.
+
+    `masks`: None, or this step's dropout masks (one per Tanh layer, each of its output's shape,
+    shared.stream.DropoutStream.masks). Raises ValueError (token ids, target shape, a batch too
+    small for BatchNorm, masks) before any state changes."""
     model.train()
-    X = _tokens(model, X)
+    X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
-    loss = cross_entropy(model(X), Y)
-    opt.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    masks = _masks(model, masks, len(X))
+    with threads_for(len(X)):   # one thread at batch <= 64 (shared.threads), as numpy's step
+        loss = cross_entropy(model(X, masks), Y)
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     return loss.item()
 
 

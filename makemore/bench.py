@@ -310,6 +310,11 @@ def bench(quick: bool, out_dir) -> list[dict]:
     if not (BENCH_DIR / "test_train_step.py").is_file():
         raise ValueError(f"the benchmark suites are not at {BENCH_DIR}: `makemore bench` runs from a "
                          "checkout of the project (git clone, then pip install -e '.[all,dev]')")
+    import importlib.util
+    missing = [m for m in ("pytest", "pytest_benchmark") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"`makemore bench` runs pytest-benchmark suites and needs {', '.join(missing)}: "
+                         "pip install -e '.[dev]' from the checkout")
     backends = available_backends()
     t0 = time.perf_counter()
     print(f"makemore bench{' --quick' if quick else ''}: backends {', '.join(backends)}; "

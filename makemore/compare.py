@@ -27,11 +27,17 @@ def parse_backends(text: str | None) -> list[str]:
             or no backend at all.
     """
     names = available_backends() if text is None else [b.strip() for b in text.split(",") if b.strip()]
-    names = list(dict.fromkeys(names))   # drop repeats, keep order
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BackendError(f"--backends names {', '.join(repeated)} twice: give each backend once")
     if not names:
         raise BackendError("no backend to compare: pass --backends numpy,torch,jax")
     for n in names:
         get_backend(n)
+    if len(names) < 2:
+        only = "is installed" if text is None else "was given"
+        raise BackendError(f"only {names[0]} {only}: there is nothing to compare it with; "
+                           "pass two or more, e.g. --backends numpy,torch")
     return names
 
 
@@ -91,6 +97,9 @@ def plot_compare(losses: dict[str, np.ndarray], path: str | Path, title: str = "
             dmax = d[:m * chunk].reshape(m, chunk).max(axis=1)
             ax2.plot((np.arange(m) + 1) * chunk, np.maximum(dmax, 1e-17), ".-", label=f"|{a} - {b}|", lw=0.8)
     ax2.set_yscale("log")
+    ax2.axhline(1e-17, color="0.5", ls=":", lw=1)
+    ax2.text(0.01, 1e-17, "points on this line: bitwise equal (difference exactly 0, drawn at 1e-17)",
+             transform=ax2.get_yaxis_transform(), va="bottom", fontsize=8, color="0.3")
     ax2.set_xlabel("step")
     ax2.set_ylabel(f"max |loss difference| per {chunk} steps")
     if len(losses) > 1:
@@ -101,13 +110,14 @@ def plot_compare(losses: dict[str, np.ndarray], path: str | Path, title: str = "
     return Path(path)
 
 
-def compare(backends: list[str], spec, cfg, data, out_dir) -> dict:
+def compare(backends: list[str], spec, cfg, data, out_dir, progress: bool = False) -> dict:
     """`makemore compare`: train the same run (same initial weights, batches and schedule) on
     every backend in `backends`, print the side-by-side table, and write compare.json and
     compare.png into `out_dir`.
 
     Arguments: spec a shared.spec.ModelSpec, cfg a shared.config.TrainConfig, data a
-    shared.data.Dataset fitting the spec. Returns the compare.json dictionary.
+    shared.data.Dataset fitting the spec; progress: a progress bar per backend over its steps.
+    Returns the compare.json dictionary.
     Raises BackendError / ValueError for bad input (the CLI prints them as one line).
     """
     from .trainer import train
@@ -116,7 +126,7 @@ def compare(backends: list[str], spec, cfg, data, out_dir) -> dict:
           f"{cfg.steps} steps of batch {cfg.batch_size} on {', '.join(backends)}")
     runs = {}
     for b in backends:
-        res = train(b, spec, cfg, data, params={k: v.copy() for k, v in params0.items()},
+        res = train(b, spec, cfg, data, params={k: v.copy() for k, v in params0.items()}, progress=progress,
                     evaluate=False, n_samples=5)
         res.val_loss = float(get_backend(b).evaluate(res.model, *data.val))
         runs[b] = res

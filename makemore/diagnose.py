@@ -124,7 +124,8 @@ def diagnostics_module(backend: str):
         raise
 
 
-def run_backend(backend: str, spec, cfg: TrainConfig, data, params: dict | None = None) -> dict:
+def run_backend(backend: str, spec, cfg: TrainConfig, data, params: dict | None = None,
+                progress: bool = False) -> dict:
     """Train `cfg.steps` steps with makemore.trainer.train, recording the update:data ratio of every
     2-D parameter after each step, then run the backend's `collect` once on the trained weights
     with the batch the run would use next (step cfg.steps of the shared batch stream).
@@ -154,7 +155,7 @@ def run_backend(backend: str, spec, cfg: TrainConfig, data, params: dict | None 
         state["prev"] = now
 
     res = train(backend, spec, cfg, data, evaluate=False, n_samples=0, params=params,
-                on_start=on_start, step_callback=on_step)
+                on_start=on_start, step_callback=on_step, progress=progress)
     Xtr, Ytr = data.train
     ix = BatchStream(cfg.seed, len(Xtr), cfg.batch_size).take(cfg.steps + 1)[-1]
     diag = D.collect(res.model, Xtr[ix], Ytr[ix])
@@ -191,19 +192,47 @@ def _legends(ax, labels: list[str], backends: list[str]) -> None:
                   loc="upper left", fontsize=8, title="backend")
 
 
+def _coincide_note(ax, curves: dict) -> None:
+    """With several backends, say on the plot whether their lines coincide (and by how much they
+    differ at most), since identical curves hide each other whatever the line style."""
+    if len(curves) < 2:
+        return
+    ref = next(iter(curves.values()))
+    worst = 0.0
+    for other in curves.values():
+        for a, b in zip(ref, other):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            if a.shape == b.shape and a.size:
+                worst = max(worst, float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-300)))
+    text = (f"{', '.join(curves)} coincide: their lines lie on top of each other "
+            f"(largest relative difference {worst:.1e})" if worst < 1e-3 else
+            f"{', '.join(curves)} differ (largest relative difference {worst:.1e})")
+    ax.text(0.5, 0.97, text, transform=ax.transAxes, ha="center", va="top", fontsize=9,
+            bbox=dict(facecolor="white", alpha=0.8, edgecolor="0.7"))
+
+
 def _hist_figure(runs: dict, key: str, path: Path, title: str, saturation: bool) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(20, 4))
-    labels = []
+    labels, curves = [], {}
     for b, run in runs.items():
-        labels = []
+        labels, curves[b] = [], []
         for j, (i, t) in enumerate(sorted(run["diag"][key].items())):
             x, y = density(t)
             ax.plot(x, y, color=f"C{j % 10}", ls=_style(b, runs))
+            curves[b].append(y)
             s = run["stats"]["tanh" if saturation else "tanh_grad"][str(i)]
             extra = f", saturated {s['saturated_pct']:.2f}%" if saturation else ""
             labels.append(f"layer {i} (Tanh): mean {s['mean']:+.2g}, std {s['std']:.2g}{extra}")
+    if saturation:   # the lecture's saturation threshold, |t| > 0.97
+        for v in (-SATURATION, SATURATION):
+            ax.axvline(v, color="0.5", ls=":", lw=1)
+        ax.text(SATURATION, ax.get_ylim()[1] * 0.5, f" |t| > {SATURATION}:\n saturated", fontsize=8,
+                color="0.3", ha="left")
     _legends(ax, labels, list(runs))
+    _coincide_note(ax, curves)
+    ax.set_xlabel("Tanh output t" if saturation else "d loss / d t (t: Tanh output)")
+    ax.set_ylabel("density")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -226,15 +255,19 @@ def plot_weight_grads(runs: dict, path) -> Path:
     """Density histogram of the gradient of every 2-D parameter, labelled with its grad:data ratio."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(20, 4))
-    labels = []
+    labels, curves = [], {}
     for b, run in runs.items():
-        labels = []
+        labels, curves[b] = [], []
         for j, (k, s) in enumerate(run["stats"]["weights"].items()):
             x, y = density(run["diag"]["grads"][k])
             ax.plot(x, y, color=f"C{j % 10}", ls=_style(b, runs))
+            curves[b].append(y)
             labels.append(f"{k} {tuple(s['shape'])}: grad std {s['grad_std']:.2e}, "
                           f"grad:data {s['grad_data_ratio']:.2e}")
     _legends(ax, labels, list(runs))
+    _coincide_note(ax, curves)
+    ax.set_xlabel("gradient value (d loss / d weight)")
+    ax.set_ylabel("density")
     ax.set_title("weights gradient distribution")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -246,14 +279,17 @@ def plot_update_data(runs: dict, path) -> Path:
     """log10(update:data) over the steps, one line per 2-D parameter, black reference at -3."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(20, 4))
-    labels, steps = [], 1
+    labels, steps, curves = [], 1, {}
     for b, run in runs.items():
-        labels = list(run["update_data"])
+        labels, curves[b] = list(run["update_data"]), []
         for j, (k, v) in enumerate(run["update_data"].items()):
             ax.plot(np.arange(len(v)), v, color=f"C{j % 10}", ls=_style(b, runs), lw=1)
+            curves[b].append(v)
             steps = max(steps, len(v))
     ax.plot([0, steps], [-3, -3], "k", lw=1.5)  # the lecture's "about 1e-3" guide
+    ax.text(steps, -3, "1e-3: the lecture's rule of thumb ", ha="right", va="bottom", fontsize=8)
     _legends(ax, labels, list(runs))
+    _coincide_note(ax, curves)
     ax.set_xlabel("step")
     ax.set_ylabel("log10(std(update) / std(param))")
     ax.set_title("update:data ratio")
@@ -287,13 +323,13 @@ def stats_table(stats: dict) -> str:
     return markdown_table(["layer / parameter", "statistic"] + backends, rows)
 
 
-def diagnose(backends: list[str], spec, cfg: TrainConfig, data, out_dir) -> dict:
+def diagnose(backends: list[str], spec, cfg: TrainConfig, data, out_dir, progress: bool = False) -> dict:
     """Run every backend (same weights, same batches), write the four PNGs, stats.json and
     stats.md into `out_dir`; returns {"runs": {backend: run}, "stats": stats.json dict,
     "paths": {name: Path}}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = {b: run_backend(b, spec, cfg, data) for b in backends}
+    runs = {b: run_backend(b, spec, cfg, data, progress=progress) for b in backends}
     stats = {"preset": spec.name, "dtype": spec.dtype, "bn_convention": spec.batchnorm.convention,
              "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
              "lr": [lr_at(cfg, 0), cfg.lr_final], "lr_decay_step": cfg.decay_step,

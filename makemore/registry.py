@@ -13,7 +13,9 @@ import importlib.util
 from types import ModuleType
 
 BACKENDS = {"numpy": "impl_numpy", "torch": "impl_torch", "jax": "impl_jax"}
-EXTRAS = {"numpy": "makemore-ports", "torch": "makemore-ports[torch]", "jax": "makemore-ports[jax]"}
+# from a checkout (the project is not on PyPI); torch pinned to its CPU build (pyproject.toml)
+EXTRAS = {"numpy": "pip install -e .", "torch": "pip install 'torch==2.13.0' -e '.[torch]'",
+          "jax": "pip install -e '.[jax]'"}
 REQUIRES = {"numpy": [], "torch": ["torch"], "jax": ["jax", "flax", "optax"]}
 
 
@@ -32,12 +34,12 @@ def get_backend(name: str) -> ModuleType:
     for mod in REQUIRES[name]:
         if importlib.util.find_spec(mod) is None:
             raise BackendError(f"backend {name!r} needs {mod}, which is not installed; "
-                               f"install it with: pip install '{EXTRAS[name]}'")
+                               f"install it from the checkout with: {EXTRAS[name]}")
     try:
         return importlib.import_module(BACKENDS[name])
     except ModuleNotFoundError as e:
         raise BackendError(f"backend {name!r} could not be imported ({e}); "
-                           f"install it with: pip install '{EXTRAS[name]}'") from e
+                           f"install it from the checkout with: {EXTRAS[name]}") from e
 
 
 def available_backends() -> list[str]:

@@ -9,21 +9,23 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import first_nonfinite, save_checkpoint
+from shared.checkpoint import CheckpointError, first_nonfinite, load_checkpoint, save_checkpoint
 from shared.data import Dataset
 from shared.params import init_params, num_params
 from .registry import get_backend
 from shared.config import TrainConfig
 from shared.spec import ModelSpec
-from shared.stream import BatchStream, NameBatchStream, sampling_uniforms, seed_streams
+from shared.stream import (BatchStream, DropoutStream, NameBatchStream, dropout_shapes, name_batch,
+                           sampling_uniforms, seed_streams)
 
 
-FAST_CHUNK = 100  # steps per fast_train_steps call
+FAST_CHUNK = 100  # steps per fast_train_steps call; chunks start at multiples of it, resumed or not
+DIVERGING = 2.0   # a loss averaged over 100 steps above this many times the first loss: warn
 
 
 class TrainingDiverged(RuntimeError):
@@ -36,6 +38,15 @@ class TrainingDiverged(RuntimeError):
         what = what or f"loss is {loss} at step {step}"
         super().__init__(f"{what}: training stopped; {where}. "
                          "Lower the learning rate (--lr) or check the data.")
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request (Ctrl-C, SIGTERM) between two steps; `step` steps were done,
+    `checkpoint` (a resumable one at exactly that step when the run has an out_dir) or None."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"interrupted after step {step}")
 
 
 @dataclass
@@ -52,51 +63,103 @@ class RunResult:
     fast: bool = False
     model: object = None
     params: dict | None = None    # final canonical parameters
+    warnings: list[str] = field(default_factory=list)
+    resumed_from: int | None = None  # the step a resumed run continued from
 
     @property
     def steps_per_s(self) -> float:
-        return len(self.losses) / self.seconds if self.seconds > 0 else float("nan")
+        """Steps per second of the steps this process ran."""
+        done = len(self.losses) - (self.resumed_from or 0)
+        return done / self.seconds if self.seconds > 0 else float("nan")
 
     def metrics(self) -> dict:
-        """The metrics.json dictionary."""
+        """The metrics.json dictionary (seconds and steps_per_s are this process's)."""
         return {"backend": self.backend, "preset": self.spec.name, "params": num_params(self.spec),
                 "steps": len(self.losses), "batch_size": self.config.batch_size,
                 "seed": self.config.seed, "dtype": self.spec.dtype,
                 "bn_convention": self.spec.batchnorm.convention,
                 "lr": self.config.lr, "lr_final": self.config.lr_final,
-                "lr_decay_step": self.config.decay_step,
+                "lr_decay_step": self.config.decay_step, "optimizer": self.config.optimizer,
+                "schedule": self.config.schedule, "warmup": self.config.warmup,
+                "weight_decay": self.config.weight_decay, "dropout": self.config.dropout,
                 "train_loss": self.train_loss, "val_loss": self.val_loss,
                 "fast": self.fast, "seconds": self.seconds, "steps_per_s": self.steps_per_s,
+                "resumed_from": self.resumed_from, "warnings": self.warnings,
                 "loss": [float(x) for x in self.losses]}
+
+
+def _run_meta(backend: str, cfg: TrainConfig, fast: bool) -> dict:
+    # what a resumable checkpoint records beside its tensors (the batch stream's position is the step)
+    return {"backend": backend, "fast": fast, "config": asdict(cfg)}
+
+
+def load_resume_state(path: str | Path, backend: str, spec: ModelSpec, cfg: TrainConfig, fast: bool):
+    """(params, optimizer state, losses so far, step) from a resumable checkpoint.
+
+    Raises CheckpointError when the checkpoint holds no run state (a parameters-only one) or was
+    written by another backend, path, spec or config than the run being resumed (the difference
+    is named)."""
+    params, md = load_checkpoint(path, spec)
+    state = md["state"]
+    if "losses" not in state:
+        raise CheckpointError(f"{path} has no run state (a parameters-only checkpoint): it samples, "
+                              "but cannot resume a run")
+    want = _run_meta(backend, cfg, fast)
+    diff = [f"{k}: checkpoint {md.get(k)!r}, run {v!r}" for k, v in want.items() if md.get(k) != v]
+    if md["spec"] != spec:
+        diff.append("spec: the checkpoint's model differs from the run's")
+    if diff:
+        raise CheckpointError(f"{path} does not belong to this run: " + "; ".join(diff))
+    step = int(md["step"])
+    losses = np.asarray(state["losses"], dtype=np.float64)
+    if len(losses) != step:
+        raise CheckpointError(f"{path}: {len(losses)} losses for step {step}; the file is damaged")
+    opt_state = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
+    return params, opt_state, losses, step
 
 
 def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
           out_dir: str | Path | None = None, checkpoint_every: int = 10_000, progress: bool = False,
           evaluate: bool = True, n_samples: int = 20, params: dict | None = None,
-          step_callback=None, fast: bool = False, on_start=None) -> RunResult:
-    """Train `spec` on `data` with `backend` for `cfg.steps` SGD steps.
+          step_callback=None, fast: bool = False, on_start=None, resume: bool = False,
+          should_stop=None, on_warning=None) -> RunResult:
+    """Train `spec` on `data` with `backend` for `cfg.steps` optimizer steps, with cfg's recipe
+    (SGD or AdamW, step or warm-up + cosine schedule, dropout): with cfg.dropout > 0, step i's
+    masks are shared.stream.DropoutStream(seed, ...).masks(i), handed to the backend's step.
 
     Arguments:
         params: initial canonical parameters; default `init_params(spec, seed stream 0)`.
-        out_dir: if given, a checkpoint `checkpoint.safetensors` is written there every
-            `checkpoint_every` steps and at the end (atomically).
+        out_dir: if given, a resumable checkpoint `checkpoint.safetensors` is written there every
+            `checkpoint_every` steps (at the first chunk end past each multiple), on a stop
+            request, and at the end, atomically.
+        resume: continue from out_dir's checkpoint (load_resume_state): its parameters, optimizer
+            state, losses so far and batch-stream position; the result is bitwise the
+            uninterrupted run's. Without a checkpoint there, the run starts at step 0.
         step_callback: optional callable(step, loss) after every step (after every chunk of
             FAST_CHUNK steps with `fast`).
         on_start: optional callable(model, opt) once the model and optimizer exist, before the
             first step (lets `makemore diagnose` look at the parameters as training goes).
-        fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys)` on
-            chunks of FAST_CHUNK steps (same batches, same schedule, same losses).
+        fast: use the backend's fastest honest path, `fast_train_steps(model, opt, Xs, Ys,
+            masks=...)` on chunks of FAST_CHUNK steps (same batches, same schedule, same
+            dropout masks, same losses).
+        should_stop: optional callable() -> bool, asked between steps/chunks; True stops the run
+            with a checkpoint at that step (TrainingInterrupted).
+        on_warning: optional callable(message) for warnings while training (default: none are
+            printed; they are kept in RunResult.warnings and metrics.json either way).
 
     A convolutional spec (wavenet-conv) trains on whole names instead, every position at once
     (issue 14): each step is `sequence_train_step` on cfg.batch_size names of the training split
-    from shared.stream.NameBatchStream (grouped by length, masked past each name's end), and its
-    loss is the mean over the batch's real targets (about 7 per name). No fast path yet.
+    from shared.stream.NameBatchStream (masked past each name's end), and its loss is the mean
+    over the batch's real targets (about 7 per name). SGD or AdamW, either schedule, and resume
+    work as for the other presets; no fast path and no dropout yet (ValueError).
     Returns:
-        RunResult (losses (steps,) float64, wall seconds of the step loop, final eval losses,
-        samples).
+        RunResult (losses (steps,) float64, wall seconds of this process's step loop, final eval
+        losses, samples, warnings).
     Raises:
-        TrainingDiverged: NaN/inf loss; the last good checkpoint is kept.
-        ValueError: spec and data disagree (block_size or vocab_size).
+        TrainingDiverged: NaN/inf loss or parameter; the last good checkpoint is kept.
+        TrainingInterrupted: should_stop() said so; a checkpoint at that step is written.
+        ValueError: spec and data disagree (block_size or vocab_size), a batch too small.
+        CheckpointError: `resume` with a checkpoint of another run.
     """
     if spec.block_size != data.block_size or spec.vocab_size != data.vocab.vocab_size:
         raise ValueError(f"spec (block_size {spec.block_size}, vocab_size {spec.vocab_size}) does "
@@ -107,69 +170,101 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     except ValueError as e:
         raise ValueError(f"{e}: --batch-size 2 or more on the command line") from None
     B = get_backend(backend)
-    init_rng, _, _ = seed_streams(cfg.seed)
-    params = init_params(spec, init_rng) if params is None else params
+    if fast and not hasattr(B, "fast_train_steps"):
+        raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
+    if spec.convolutional and (fast or cfg.dropout):
+        raise ValueError(f"preset {spec.name!r} trains on whole names and has no fast path yet; run without --fast"
+                         if fast else f"preset {spec.name!r} trains on whole names and does not support "
+                         "--dropout yet; run without it")
+    ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
+    losses = np.empty(cfg.steps, dtype=np.float64)
+    start, opt_state = 0, None
+    if resume and ckpt is not None and ckpt.exists():
+        params, opt_state, done, start = load_resume_state(ckpt, backend, spec, cfg, fast)
+        losses[:start] = done
+    elif params is None:
+        params = init_params(spec, seed_streams(cfg.seed)[0])
     model = B.build_model(spec)
     B.load_params(model, params)
     opt = B.Optimizer(model, cfg)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     if on_start is not None:
         on_start(model, opt)
     Xtr, Ytr = data.train
-    ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
-    last_good = None
-    losses = np.empty(cfg.steps, dtype=np.float64)
+    meta = _run_meta(backend, cfg, fast)
+    last_good = ckpt if start else None
+    warnings: list[str] = []
+
+    def save(step: int) -> Path:
+        snapshot = B.export_params(model)
+        if first_nonfinite(snapshot):  # the update after a finite loss can still overflow
+            raise TrainingDiverged(step, float("nan"), last_good,
+                                   f"parameter {first_nonfinite(snapshot)!r} is not finite after step {step - 1}")
+        state = {"losses": losses[:step], **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+        return save_checkpoint(ckpt, snapshot, spec, data.vocab, state=state, step=step, **meta)
+
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc=f"{backend} {spec.name}", unit="step", mininterval=0.5,
-                   smoothing=0.05)
-    stream = BatchStream(cfg.seed, len(Xtr), cfg.batch_size)
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"{backend} {spec.name}", unit="step",
+                   mininterval=0.5, smoothing=0.05)
     chunk = FAST_CHUNK if fast else 1
-    if fast and not hasattr(B, "fast_train_steps"):
-        raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
+    rows = iter(BatchStream(cfg.seed, len(Xtr), cfg.batch_size, start=start))  # drawn as needed
+    drops = (DropoutStream(cfg.seed, cfg.dropout, dropout_shapes(spec, cfg.batch_size), spec.dtype)
+             if cfg.dropout else None)   # step i's masks, for every backend the same
     names = None
     if spec.convolutional:  # whole names, every position at once (issue 14)
-        if fast:
-            raise ValueError(f"preset {spec.name!r} trains on whole names and has no fast path yet; "
-                             "run without --fast")
-        names = iter(NameBatchStream(cfg.seed, [data.vocab.encode(w) for w in data.words[0]],
-                                     cfg.batch_size, spec.block_size))
-    rows = iter(stream)  # drawn as needed: all steps up front would be 6.5 GB at batch 4096
+        stream = NameBatchStream(cfg.seed, [data.vocab.encode(w) for w in data.words[0]],
+                                 cfg.batch_size, spec.block_size)
+        batches = stream.indices()
+        for _ in range(start):   # a resumed run continues the stream where it stopped
+            next(batches)
+        names = (name_batch([stream.names[j] for j in ix], spec.block_size) for ix in batches)
     t0 = time.perf_counter()
-    i = 0
-    while i < cfg.steps:
-        k = min(chunk, cfg.steps - i)
-        if names is not None:
-            got = np.array([B.sequence_train_step(model, opt, *next(names))], dtype=np.float64)
-        elif fast:
-            ix = np.stack([next(rows) for _ in range(k)])
-            got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix]), dtype=np.float64)
-        else:
-            ix = np.stack([next(rows) for _ in range(k)])
-            got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]])], dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(got))
-        if bad.size:
-            if bar:
-                bar.close()
-            raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)
-        losses[i:i + k] = got
-        if step_callback is not None:
-            step_callback(i + k - 1, float(got[-1]))
-        prev, i = i, i + k
-        if bar is not None and (i // 100 != prev // 100 or i == cfg.steps):
-            bar.set_postfix(loss=f"{losses[max(0, i - 100):i].mean():.4f}", refresh=False)
-            bar.update(i - bar.n)  # after the postfix: the line it draws shows the current loss
-        if (ckpt is not None and checkpoint_every and i // checkpoint_every != prev // checkpoint_every
-                and i < cfg.steps):
-            snapshot = B.export_params(model)
-            if first_nonfinite(snapshot):  # the update after a finite loss can still overflow
-                raise TrainingDiverged(i, float("nan"), last_good,
-                                       f"parameter {first_nonfinite(snapshot)!r} is not finite after step {i - 1}")
-            last_good = save_checkpoint(ckpt, snapshot, spec, data.vocab, step=i, backend=backend)
+    i = start
+    try:
+        while i < cfg.steps:
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted(i, save(i) if ckpt is not None else None)
+            k = min(chunk - i % chunk, cfg.steps - i)  # chunk boundaries do not move on a resume
+            if names is not None:
+                got = np.array([B.sequence_train_step(model, opt, *next(names))], dtype=np.float64)
+            elif fast:
+                ix = np.stack([next(rows) for _ in range(k)])
+                masks = drops.take(i, k) if drops else None
+                got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix], masks=masks), dtype=np.float64)
+            else:
+                ix = np.stack([next(rows) for _ in range(k)])
+                masks = drops.masks(i) if drops else None
+                got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]], masks=masks)], dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(got))
+            if bad.size:
+                raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)
+            losses[i:i + k] = got
+            if step_callback is not None:
+                step_callback(i + k - 1, float(got[-1]))
+            prev, i = i, i + k
+            if i // 100 != prev // 100 or i == cfg.steps:
+                recent = losses[max(0, i - 100):i].mean()
+                if not warnings and i >= 100 and recent > DIVERGING * losses[0]:
+                    warnings.append(f"warning: the loss averaged {recent:.4g} over steps {i - 100}-{i - 1}, "
+                                    f"{recent / losses[0]:.0f}x its start ({losses[0]:.4g}): the run is "
+                                    "diverging; lower --lr")
+                    if on_warning is not None:
+                        on_warning(warnings[-1])
+                if bar is not None:
+                    bar.set_postfix(loss=f"{recent:.4f}", refresh=False)
+                    bar.update(i - bar.n)  # after the postfix: the line it draws shows the current loss
+            if (ckpt is not None and checkpoint_every and i // checkpoint_every != prev // checkpoint_every
+                    and i < cfg.steps):
+                last_good = save(i)
+    finally:
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - t0
-    if bar:
-        bar.close()
-    res = RunResult(backend, spec, cfg, losses, seconds, model=model, fast=fast)
+    res = RunResult(backend, spec, cfg, losses, seconds, model=model, fast=fast, warnings=warnings,
+                    resumed_from=start or None)
     res.params = B.export_params(model)
     if first_nonfinite(res.params):
         raise TrainingDiverged(cfg.steps, float("nan"), last_good,
@@ -184,21 +279,24 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         toks = B.sample(model, sampling_uniforms(cfg.seed, n_samples))
         res.samples = [data.vocab.decode(t + [0]) for t in toks]
     if ckpt is not None:
-        save_checkpoint(ckpt, res.params, spec, data.vocab, step=cfg.steps, backend=backend,
-                        train_loss=res.train_loss, val_loss=res.val_loss,
-                        batch_size=cfg.batch_size, seed=cfg.seed, fast=fast)
+        state = {"losses": losses, **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+        save_checkpoint(ckpt, res.params, spec, data.vocab, state=state, step=cfg.steps, **meta,
+                        train_loss=res.train_loss, val_loss=res.val_loss)
     return res
 
 
 def write_run(res: RunResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write metrics.json, loss.png and samples.txt for a finished run; returns their paths."""
+    """Write metrics.json, loss.png and samples.txt for a finished run, each atomically (a kill
+    leaves the old file or the new one, never half of one); returns their paths."""
+    import os
     from .report import plot_loss
+    from .runs import write_atomic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / "metrics.json", "plot": out / "loss.png", "samples": out / "samples.txt"}
-    tmp = paths["metrics"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res.metrics(), indent=1))
-    tmp.replace(paths["metrics"])
-    plot_loss({res.backend: res.losses}, paths["plot"], title=f"{res.spec.name} ({res.backend})")
-    paths["samples"].write_text("\n".join(res.samples) + "\n")
+    write_atomic(paths["metrics"], json.dumps(res.metrics(), indent=1))
+    tmp = out / f".loss.{os.getpid()}.tmp.png"
+    plot_loss({res.backend: res.losses}, tmp, title=f"{res.spec.name} ({res.backend})")
+    os.replace(tmp, paths["plot"])
+    write_atomic(paths["samples"], "\n".join(res.samples) + "\n")
     return paths

@@ -66,9 +66,12 @@ class Backend(Protocol):
         """Mean cross-entropy of logits (B, vocab_size) against int targets Y (B,), in the
         framework's own arrays (numpy also returns dloss/dlogits: it has no autograd)."""
 
-    def loss_and_grads(self, model: Model, X: np.ndarray, Y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(self, model: Model, X: np.ndarray, Y: np.ndarray,
+                       masks: list[np.ndarray] | None = None) -> tuple[float, dict[str, np.ndarray]]:
         """Loss of a train-mode forward and the gradient of every trainable parameter, by
-        canonical name, in the canonical layout."""
+        canonical name, in the canonical layout. `masks`: None (no dropout), or one inverted-
+        dropout mask per Tanh layer, of its output's shape (shared.stream.DropoutStream.masks;
+        checked by shared.checks.check_masks), multiplying that Tanh's output."""
 
     def sequence_forward(self, model: Model, X: np.ndarray, train: bool = False,
                          mask: np.ndarray | None = None) -> np.ndarray:
@@ -88,10 +91,15 @@ class Backend(Protocol):
         window of the sequences."""
 
     def Optimizer(self, model: Model, cfg: TrainConfig) -> Optimizer:
-        """The framework's optimizer over the model's trainable parameters, following cfg."""
+        """The framework's optimizer over the model's trainable parameters, following cfg:
+        SGD or AdamW (decay on shared.params.is_decayed parameters only), on lr_at's schedule.
+        Its state_dict()/load_state_dict() hold {"t"} and, for AdamW, exp_avg.<name> and
+        exp_avg_sq.<name> in the canonical layout."""
 
-    def train_step(self, model: Model, opt: Optimizer, X: np.ndarray, Y: np.ndarray) -> float:
-        """One optimisation step on X (B, block_size), Y (B,); returns the minibatch loss."""
+    def train_step(self, model: Model, opt: Optimizer, X: np.ndarray, Y: np.ndarray,
+                   masks: list[np.ndarray] | None = None) -> float:
+        """One optimisation step on X (B, block_size), Y (B,) with this step's dropout masks
+        (as loss_and_grads); returns the minibatch loss."""
 
     def sequence_train_step(self, model: Model, opt: Optimizer, X: np.ndarray, Y: np.ndarray,
                             mask: np.ndarray | None = None) -> float:
@@ -105,6 +113,9 @@ class Backend(Protocol):
         """len(uniforms) names drawn in eval mode with shared.stream.sample_tokens' inverse-CDF
         draws from `uniforms` (n, max_len) float64; token lists without the end token."""
 
-    def fast_train_steps(self, model: Model, opt: Optimizer, Xs: np.ndarray, Ys: np.ndarray) -> np.ndarray:
-        """k steps on the fastest honest path: Xs (k, B, block_size), Ys (k, B); returns the k
-        losses (k,) float64, equal to k train_step calls (bitwise or to float rounding)."""
+    def fast_train_steps(self, model: Model, opt: Optimizer, Xs: np.ndarray, Ys: np.ndarray,
+                         masks: list[np.ndarray] | None = None) -> np.ndarray:
+        """k steps on the fastest honest path: Xs (k, B, block_size), Ys (k, B), masks None or
+        one (k, *Tanh output shape) array per Tanh layer (shared.stream.DropoutStream.take);
+        returns the k losses (k,) float64, equal to k train_step calls (bitwise or to float
+        rounding)."""

@@ -1,7 +1,13 @@
-"""Checkpoints: one safetensors file of canonical parameters plus JSON-able metadata.
+"""Checkpoints: one safetensors file of canonical parameters plus JSON-able metadata, and for a
+resumable checkpoint the run's state in canonical form.
 
 Any backend writes it, any backend reads it (docs/design.md "Canonical parameters and checkpoints").
 Writes are atomic: a temp file in the same folder, fsync, then `os.replace`.
+
+Format makemore-ports/2 adds the run state as extra tensors named `state.<name>` (the optimizer's
+canonical state, e.g. `state.opt.t`, and `state.losses`, the per-step losses so far); the
+metadata holds the step, the batch-stream position and the config. Format makemore-ports/1
+(parameters only) still loads and samples.
 """
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from .params import ParamError, check_params
 from .spec import ModelSpec
 
 
-FORMAT = "makemore-ports/1"
+FORMAT = "makemore-ports/2"
+FORMATS = ("makemore-ports/1", FORMAT)   # what load_checkpoint reads
+STATE = "state."                          # prefix of the run-state tensors
 
 
 class CheckpointError(ValueError):
@@ -26,11 +34,15 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], spec: ModelSpec,
-                    vocab: Vocab, **meta) -> Path:
-    """Write `params` (canonical names) and metadata atomically to `path`.
+                    vocab: Vocab, state: dict[str, np.ndarray] | None = None, **meta) -> Path:
+    """Write `params` (canonical names), the run `state` (optional) and metadata atomically.
 
-    Metadata stored: spec (JSON), vocab (the itos string), and every keyword in `meta`
-    (step, backend, train_loss, ...) as JSON. Returns the path written.
+    Arguments:
+        state: {name: array} of run state (optimizer state, losses so far), stored as tensors
+            `state.<name>`; any dtype and shape.
+        meta: step, backend, train_loss, ... stored as JSON.
+    Metadata stored: spec (JSON), vocab (the itos string), format, and every keyword in `meta`.
+    Returns the path written.
     Raises ParamError if `params` do not fit `spec` (nothing is written then).
     """
     check_params(spec, params, what="checkpoint to save")
@@ -45,7 +57,9 @@ def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], spec
     md = dict(sorted(md.items()))  # same run, same bytes
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp), metadata=md)
+        tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+        tensors.update({STATE + k: np.ascontiguousarray(v) for k, v in (state or {}).items()})
+        save_file(tensors, str(tmp), metadata=md)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # an ordinary file's mode, like the run's other outputs
@@ -95,8 +109,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
         problem = f"vocab has {len(itos)} characters but the spec's vocab_size is {spec.vocab_size}"
     elif md.get("dtype", spec.dtype) != spec.dtype:
         problem = f"metadata dtype {md['dtype']!r} disagrees with the spec's {spec.dtype!r}"
-    elif md.get("format") != FORMAT:
-        problem = f"format {md.get('format')!r} is not {FORMAT!r}"
+    elif md.get("format") not in FORMATS:
+        problem = f"format {md.get('format')!r} is not one of {FORMATS}"
     if problem:
         raise CheckpointError(f"checkpoint {path}: {problem}; write a new checkpoint")
     return md
@@ -107,7 +121,8 @@ def load_checkpoint(path: str | os.PathLike, spec: ModelSpec | None = None
     """Read a checkpoint and check it against `spec` (default: the spec stored in it).
 
     Returns:
-        (params, metadata): canonical {name: array}; metadata as from :func:`read_metadata`.
+        (params, metadata): canonical {name: array}; metadata as from :func:`read_metadata`,
+        plus "state": {name: array} of the run state (empty for a parameters-only checkpoint).
     Raises:
         CheckpointError: missing/truncated/unreadable file, or a tensor whose name, shape or dtype
             does not fit the spec (the tensor is named).
@@ -117,9 +132,11 @@ def load_checkpoint(path: str | os.PathLike, spec: ModelSpec | None = None
         raise CheckpointError(f"checkpoint {path} does not exist")
     md = read_metadata(path)
     try:
-        params = load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    params = {k: v for k, v in tensors.items() if not k.startswith(STATE)}
+    md["state"] = {k[len(STATE):]: v for k, v in tensors.items() if k.startswith(STATE)}
     spec = spec or md["spec"]
     try:
         check_params(spec, params, what=f"checkpoint {path}")

@@ -87,6 +87,37 @@ def check_sequences(spec, X, Y=None, mask=None, train: bool = False):
     return X, Y, mask
 
 
+def check_masks(spec, masks, batch_size: int, k: int | None = None) -> list[np.ndarray] | None:
+    """The dropout masks of a train-mode step as contiguous arrays in the spec's dtype, after
+    checking that there is one per Tanh layer, each of that layer's output shape
+    (shared.stream.dropout_shapes(spec, batch_size)), with a leading k for the k steps of a
+    fast path. None (no dropout) stays None.
+
+    Every backend calls it before anything changes: a mask of the wrong shape would broadcast
+    or fail deep inside the forward. Raises ValueError naming the layer and both shapes."""
+    if masks is None:
+        return None
+    from .stream import dropout_shapes
+    shapes = dropout_shapes(spec, batch_size)
+    tanhs = [i for i, l in enumerate(spec.layers) if l.kind == "tanh"]
+    masks = list(masks)
+    if len(masks) != len(shapes):
+        raise ValueError(f"dropout masks: got {len(masks)}, need one per Tanh layer ({len(shapes)}: "
+                         f"layers {tanhs})")
+    out = []
+    for i, m, s in zip(tanhs, masks, shapes):
+        m = np.asarray(m)
+        want = s if k is None else (k, *s)
+        if m.shape != want:
+            raise ValueError(f"dropout mask of Tanh layer {i} has shape {m.shape}; its output has "
+                             f"shape {want}")
+        if not np.issubdtype(m.dtype, np.floating):
+            raise ValueError(f"dropout mask of Tanh layer {i} has dtype {m.dtype}; need a float "
+                             f"array (the model's {spec.dtype})")
+        out.append(np.ascontiguousarray(m, dtype=spec.dtype))
+    return out
+
+
 def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
     """Raise ValueError if any token id in `X` (int array, any shape) is outside [0, vocab_size),
     or, with `block_size`, if X is not (..., B, block_size) contexts.
@@ -107,3 +138,18 @@ def check_token_ids(X, vocab_size: int, block_size: int | None = None) -> None:
         bad = lo if lo < 0 else hi
         raise ValueError(f"token id {bad} is outside the vocab [0, {vocab_size}); "
                          "encode inputs with the model's own vocab (shared.data.Vocab)")
+
+
+def check_state(state: dict, names, what: str = "optimizer state", shapes: dict | None = None) -> dict:
+    """`state` after checking that it holds exactly `names` (a resumable checkpoint's canonical
+    optimizer state) and, with `shapes` ({name: shape}), that those entries have those shapes.
+    Raises ValueError naming the missing, unexpected or misshapen entries."""
+    missing = [n for n in names if n not in state]
+    extra = [n for n in state if n not in names]
+    if missing or extra:
+        raise ValueError(f"{what}: missing {missing}, unexpected {extra}; the checkpoint was written "
+                         "by another optimizer or version: start a new run (--overwrite)")
+    for n, shape in (shapes or {}).items():
+        if np.shape(state[n]) != tuple(shape):
+            raise ValueError(f"{what}: {n} has shape {np.shape(state[n])}, the model needs {tuple(shape)}")
+    return state

@@ -1,39 +1,93 @@
 """Training configuration and learning-rate schedules, framework-free: every backend's Optimizer
 is built from a TrainConfig and follows the same schedule.
 
-Source: the training loop of makemore_part5_cnn1.ipynb (200,000 steps, batch 32, lr 0.1 then 0.01
-from step 150,000).
+Sources: the training loop of makemore_part5_cnn1.ipynb (200,000 steps, batch 32, SGD, lr 0.1
+then 0.01 from step 150,000: the defaults); AdamW: Loshchilov & Hutter 2019, "Decoupled Weight
+Decay Regularization" (torch.optim.AdamW, optax.adamw); warm-up + cosine: optax
+`warmup_cosine_decay_schedule` (Loshchilov & Hutter 2017, SGDR), whose formula `lr_at` follows.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+ADAM_BETAS = (0.9, 0.999)   # torch.optim.AdamW's and optax.adamw's defaults
+ADAM_EPS = 1e-8
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. lr_decay_step None means 3/4 of `steps` (150,000 of 200,000)."""
+    """Optimisation settings (a recipe). The defaults are the lecture's.
+
+    Attributes:
+        steps: optimizer steps; batch_size: examples per step.
+        lr: the learning rate ("step": before lr_decay_step; "cosine": the peak after warm-up).
+        lr_final: "step": the rate from lr_decay_step on; "cosine": the rate at the last step.
+        lr_decay_step: "step" only; None means 3/4 of `steps` (150,000 of 200,000).
+        seed: weights, batches, dropout masks and samples all derive from it (shared.stream).
+        optimizer: "sgd" (the lecture's `p.data += -lr * p.grad`) or "adamw".
+        schedule: "step" (the lecture's) or "cosine" (linear warm-up from 0, then cosine decay).
+        warmup: warm-up steps of the cosine schedule (0: none).
+        weight_decay: AdamW's decoupled weight decay, applied to the weight matrices and the
+            embedding only (not to biases, BatchNorm gamma/beta); must be 0 with SGD.
+        dropout: inverted-dropout probability after each Tanh in train mode (0: none).
+    Raises:
+        ValueError naming the field and the accepted values.
+    """
     steps: int = 200_000
     batch_size: int = 32
     lr: float = 0.1
     lr_final: float = 0.01
     lr_decay_step: int | None = None
     seed: int = 42
+    optimizer: str = "sgd"
+    schedule: str = "step"
+    warmup: int = 0
+    weight_decay: float = 0.0
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
-        for name in ("lr", "lr_final"):
+        for name in ("lr", "lr_final", "weight_decay"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 <= self.warmup <= max(self.steps, 0) or (self.warmup and self.schedule != "cosine"):
+            raise ValueError(f"warmup must be 0..steps ({self.steps}) and needs schedule 'cosine', "
+                             f"got {self.warmup} with {self.schedule!r}")
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(f"weight_decay {self.weight_decay} needs optimizer 'adamw' (SGD here has none)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr_decay_step is not None and self.schedule != "step":
+            raise ValueError("lr_decay_step belongs to schedule 'step'; the cosine schedule decays "
+                             "from lr to lr_final over all the steps")
 
     @property
     def decay_step(self) -> int:
-        """First step (0-based) that uses `lr_final`."""
+        """First step (0-based) that uses `lr_final` (schedule "step")."""
         return self.lr_decay_step if self.lr_decay_step is not None else (3 * self.steps) // 4
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """The lecture's step schedule: `lr` before `cfg.decay_step`, `lr_final` from it on."""
-    return cfg.lr if step < cfg.decay_step else cfg.lr_final
+    """The learning rate of 0-based step `step`.
+
+    "step" (the lecture's): `lr` before `cfg.decay_step`, `lr_final` from it on (exactly: not
+    lr times a factor). "cosine": as optax.warmup_cosine_decay_schedule(0, lr, warmup, steps,
+    lr_final): linear from 0 to lr over `warmup` steps, then
+    lr_final + (lr - lr_final) * (1 + cos(pi * min(step - warmup, T) / T)) / 2, T = steps - warmup.
+    """
+    if cfg.schedule == "step":
+        return cfg.lr if step < cfg.decay_step else cfg.lr_final
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * step / cfg.warmup
+    T = max(cfg.steps - cfg.warmup, 1)
+    frac = min(step - cfg.warmup, T) / T
+    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))

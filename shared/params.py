@@ -5,7 +5,8 @@ the Linear it stands for) and the lecture's field names: `0.weight` (embedding,
 (vocab_size, n_embd)), `k.weight` for Linear in (fan_in, fan_out) layout, `k.weight` of a conv layer
 with n taps in (n * fan_in, fan_out) layout (the hierarchical Linear's: rows [j*C:(j+1)*C] are tap
 j, tap 0 the oldest position, as FlattenConsecutive concatenates (x_{t-d}, x_t)), `k.bias`,
-`k.gamma`, `k.beta`, `k.running_mean`, `k.running_var` (always shape (C,)).
+`k.gamma`, `k.beta`, `k.running_mean`, `k.running_var` (shape (C,); (T, C) for the lecture's
+pre-fix per-position BatchNorm on 3-D input, ModelSpec.bn_positions).
 Initialisation as in makemore_part5_cnn1.ipynb: embedding randn; Linear randn / sqrt(fan_in), bias
 zero (a conv layer as the Linear it stands for); the last Linear's weight x0.1; gamma 1, beta 0,
 running_mean 0, running_var 1.
@@ -37,8 +38,9 @@ def param_shapes(spec: ModelSpec, buffers: bool = True) -> dict[str, tuple[int, 
             out[f"{i}.gamma"] = (l.dim,)
             out[f"{i}.beta"] = (l.dim,)
             if buffers:
-                out[f"{i}.running_mean"] = (l.dim,)
-                out[f"{i}.running_var"] = (l.dim,)
+                stat = (spec.bn_positions(i), l.dim) if spec.bn_positions(i) else (l.dim,)
+                out[f"{i}.running_mean"] = stat
+                out[f"{i}.running_var"] = stat
         elif l.kind not in ("flatten", "tanh"):
             raise ValueError(f"layer {i}: unknown kind {l.kind!r}")
     return out
@@ -47,6 +49,14 @@ def param_shapes(spec: ModelSpec, buffers: bool = True) -> dict[str, tuple[int, 
 def is_buffer(name: str) -> bool:
     """True for BatchNorm running statistics (state, not trained by the optimizer)."""
     return name.rsplit(".", 1)[-1] in BUFFERS
+
+
+def is_decayed(name: str) -> bool:
+    """True for the parameters AdamW's decoupled weight decay applies to, in every backend: the
+    weight matrices (Linear `k.weight`) and the embedding (`0.weight`); not biases, BatchNorm
+    gamma/beta or running stats (the usual convention: nanoGPT's configure_optimizers decays
+    the 2-D parameters only)."""
+    return name.rsplit(".", 1)[-1] == "weight"
 
 
 def num_params(spec: ModelSpec) -> int:
@@ -79,8 +89,9 @@ def init_params(spec: ModelSpec, seed: int | np.random.Generator = 0) -> dict[st
         elif l.kind == "batchnorm":
             out[f"{i}.gamma"] = np.ones(l.dim)
             out[f"{i}.beta"] = np.zeros(l.dim)
-            out[f"{i}.running_mean"] = np.zeros(l.dim)
-            out[f"{i}.running_var"] = np.ones(l.dim)
+            stat = (spec.bn_positions(i), l.dim) if spec.bn_positions(i) else (l.dim,)
+            out[f"{i}.running_mean"] = np.zeros(stat)
+            out[f"{i}.running_var"] = np.ones(stat)
     return {k: v.astype(dtype) for k, v in out.items()}
 
 

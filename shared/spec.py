@@ -46,10 +46,16 @@ class BatchNormSpec:
     convention: 'lecture' normalises with the unbiased (n-1) variance and keeps it as running_var;
     'torch' normalises with the biased (n) variance, keeps the unbiased one; 'flax' uses the biased
     variance for both. n counts every reduced element (B, or B*T for 3-D input).
+
+    per_position: the lecture's BatchNorm1d before its fix (Part 5 at 38:50, the third row of the
+    performance log): 3-D input (B, T, C) is reduced over dim 0 only, so the statistics (and
+    running_mean/running_var, shape (T, C)) are per position and channel, n = B; gamma and beta
+    stay (C,). 2-D input is unaffected. False (default): reduce over (0, 1), the fixed layer.
     """
     convention: str = "lecture"
     eps: float = 1e-5
     momentum: float = 0.1
+    per_position: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,10 @@ class ModelSpec:
                     raise ValueError(f"spec {self.name!r}: layer {i} conv (n={l.n}, dilation="
                                      f"{l.dilation}) reaches past the {T} positions left")
                 T -= (l.n - 1) * l.dilation
+        if self.batchnorm.per_position and any(l.kind == "conv" for l in L):
+            raise ValueError(f"spec {self.name!r}: the per-position BatchNorm (BatchNormSpec.per_position, "
+                             "--bn-per-position) needs a fixed number of positions per layer; conv "
+                             "models (wavenet-conv) do not support it yet")
         if T != 1:
             raise ValueError(f"spec {self.name!r}: the flatten and conv layers leave {T} positions of "
                              f"block_size {self.block_size}; they must merge all of them")
@@ -149,6 +159,18 @@ class ModelSpec:
             ids.append(k)
             k += 1
         return tuple(ids)
+
+    def bn_positions(self, i: int) -> int:
+        """T of the per-position BatchNorm1d at layer i (BatchNormSpec.per_position and a 3-D
+        input of T > 1 positions there): its running stats have shape (T, C). 0 otherwise,
+        where the stats are (C,)."""
+        if not self.batchnorm.per_position:
+            return 0
+        T = self.block_size
+        for l in self.layers[:i]:
+            if l.kind == "flatten":
+                T //= l.n
+        return T if T > 1 else 0
 
     def with_(self, **changes) -> "ModelSpec":
         """Copy with fields replaced; `bn_convention`, `bn_eps`, `bn_momentum` change BatchNorm."""
@@ -270,21 +292,33 @@ def window_counts(spec: ModelSpec, mask) -> list:
     return out
 
 
+# Each preset takes n_embd / n_hidden overrides (the sizes a sweep searches; get_spec).
 PRESETS = {
-    "mlp": lambda **kw: mlp_spec(block_size=3, n_embd=10, n_hidden=200, name="mlp", **kw),
-    "mlp-8": lambda **kw: mlp_spec(block_size=8, n_embd=10, n_hidden=200, name="mlp-8", **kw),
-    "wavenet-22k": lambda **kw: wavenet_spec(block_size=8, n_embd=10, n_hidden=68,
-                                             name="wavenet-22k", **kw),
-    "wavenet": lambda **kw: wavenet_spec(block_size=8, n_embd=24, n_hidden=128, name="wavenet", **kw),
-    "wavenet-conv": lambda **kw: conv_spec(wavenet_spec(block_size=8, n_embd=24, n_hidden=128, **kw),
-                                           name="wavenet-conv"),
+    "mlp": lambda n_embd=10, n_hidden=200, **kw: mlp_spec(block_size=3, n_embd=n_embd, n_hidden=n_hidden,
+                                                          name="mlp", **kw),
+    "mlp-8": lambda n_embd=10, n_hidden=200, **kw: mlp_spec(block_size=8, n_embd=n_embd, n_hidden=n_hidden,
+                                                            name="mlp-8", **kw),
+    "wavenet-22k": lambda n_embd=10, n_hidden=68, **kw: wavenet_spec(block_size=8, n_embd=n_embd,
+                                                                     n_hidden=n_hidden, name="wavenet-22k", **kw),
+    "wavenet": lambda n_embd=24, n_hidden=128, **kw: wavenet_spec(block_size=8, n_embd=n_embd,
+                                                                  n_hidden=n_hidden, name="wavenet", **kw),
+    "wavenet-conv": lambda n_embd=24, n_hidden=128, **kw: conv_spec(
+        wavenet_spec(block_size=8, n_embd=n_embd, n_hidden=n_hidden, **kw), name="wavenet-conv"),
 }
 
 
 def get_spec(preset: str, vocab_size: int = 27, dtype: str = "float32",
-             bn_convention: str = "lecture") -> ModelSpec:
-    """The preset's spec. Raises ValueError naming the known presets for an unknown one."""
+             bn_convention: str = "lecture", *, n_embd: int | None = None, n_hidden: int | None = None,
+             bn_per_position: bool = False) -> ModelSpec:
+    """The preset's spec; n_embd / n_hidden (None: the preset's) resize it, bn_per_position
+    selects the lecture's pre-fix BatchNorm (BatchNormSpec.per_position).
+
+    Raises ValueError naming the known presets for an unknown one, or a size below 1."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[preset](vocab_size=vocab_size, dtype=dtype,
-                           batchnorm=BatchNormSpec(convention=bn_convention))
+    sizes = {k: v for k, v in (("n_embd", n_embd), ("n_hidden", n_hidden)) if v is not None}
+    for k, v in sizes.items():
+        if v < 1:
+            raise ValueError(f"{k} must be >= 1, got {v}")
+    return PRESETS[preset](vocab_size=vocab_size, dtype=dtype, **sizes,
+                           batchnorm=BatchNormSpec(convention=bn_convention, per_position=bn_per_position))

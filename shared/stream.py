@@ -1,10 +1,12 @@
-"""Random streams shared by every backend: initial weights, minibatch indices, sampling uniforms.
+"""Random streams shared by every backend: initial weights, minibatch indices, sampling uniforms,
+dropout masks.
 
 Determinism contract (docs/design.md): all randomness comes from numpy Generators seeded by the run
-seed, so every backend sees the same initial weights, the same minibatches and the same
-sampling uniforms. `np.random.SeedSequence(seed).spawn(3)` gives three independent streams:
-[0] initial parameters, [1] minibatch indices (BatchStream, or NameBatchStream for the
-whole-sequence path of a conv model), [2] sampling.
+seed, so every backend sees the same initial weights, the same minibatches, the same dropout masks
+and the same sampling uniforms. `np.random.SeedSequence(seed).spawn(4)` gives four independent
+streams: [0] initial parameters, [1] minibatch indices (BatchStream, or NameBatchStream for the
+whole-sequence path of a conv model), [2] sampling, [3] dropout masks (the first three are those
+of `spawn(3)`: adding the fourth changed no earlier run).
 """
 from __future__ import annotations
 
@@ -13,25 +15,34 @@ import numpy as np
 CHUNK = 1024  # steps of indices drawn per Generator call; part of the stream's definition
 
 
-def seed_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
-    """(init_rng, batch_rng, sample_rng) for a run seed (non-negative int)."""
+DROPOUT_STREAM = 3  # index of the dropout stream among seed_streams' children
+
+
+def seed_streams(seed: int) -> tuple[np.random.Generator, ...]:
+    """(init_rng, batch_rng, sample_rng, dropout_rng) for a run seed (non-negative int).
+
+    The dropout masks are drawn from children of the 4th stream's SeedSequence, one per step
+    (:class:`DropoutStream`), so that any step's masks can be drawn without the earlier ones."""
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
 
 
 class BatchStream:
     """Minibatch indices: step i's batch is row i % CHUNK of the (i // CHUNK)-th draw
     `rng.integers(0, n, size=(CHUNK, batch_size))` (like the lecture's `torch.randint`).
 
-    Iterating yields int64 arrays of shape (batch_size,), forever.
+    Iterating yields int64 arrays of shape (batch_size,), forever, from step `start` on: the
+    stream's position is the step number, so a resumed run draws exactly the batches the
+    uninterrupted run would (the earlier chunks are drawn and dropped: about 1 ms per 30 chunks).
     """
 
-    def __init__(self, seed: int, n: int, batch_size: int):
-        if n < 1 or batch_size < 1:
-            raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    def __init__(self, seed: int, n: int, batch_size: int, start: int = 0):
+        if n < 1 or batch_size < 1 or start < 0:
+            raise ValueError(f"need n >= 1, batch_size >= 1 and start >= 0, got n={n}, "
+                             f"batch_size={batch_size}, start={start}")
         self.rng = seed_streams(seed)[1]
-        self.n, self.batch_size = n, batch_size
+        self.n, self.batch_size, self.start = n, batch_size, start
 
     def chunks(self):
         """Yield (CHUNK, batch_size) int64 index arrays."""
@@ -39,8 +50,11 @@ class BatchStream:
             yield self.rng.integers(0, self.n, size=(CHUNK, self.batch_size), dtype=np.int64)
 
     def __iter__(self):
-        for c in self.chunks():
-            yield from c
+        skip_chunks, offset = divmod(self.start, CHUNK)
+        for i, c in enumerate(self.chunks()):
+            if i < skip_chunks:
+                continue
+            yield from (c[offset:] if i == skip_chunks else c)
 
     def take(self, steps: int) -> np.ndarray:
         """The first `steps` batches as one (steps, batch_size) int64 array."""
@@ -138,6 +152,67 @@ class NameBatchStream:
     def __iter__(self):
         for ix in self.indices():
             yield name_batch([self.names[i] for i in ix], self.block_size)
+
+
+def dropout_shapes(spec, batch_size: int) -> list[tuple[int, ...]]:
+    """The output shape of every Tanh layer of `spec` (a shared.spec.ModelSpec) for a minibatch of
+    `batch_size`, in layer order: (B, T, C) while positions remain, (B, C) once
+    FlattenConsecutive has merged them all (it squeezes T == 1). One dropout mask per entry.
+
+    Raises ValueError for a layer kind whose output shape this function does not know."""
+    shapes, T, C = [], spec.block_size, None
+    for i, l in enumerate(spec.layers):
+        if l.kind == "embedding":
+            C = l.dim
+        elif l.kind == "flatten":
+            T, C = T // l.n, C * l.n
+        elif l.kind == "linear":
+            C = l.fan_out
+        elif l.kind == "tanh":
+            shapes.append((batch_size, T, C) if T > 1 else (batch_size, C))
+        elif l.kind != "batchnorm":
+            raise ValueError(f"dropout_shapes: layer {i} has kind {l.kind!r}, whose output shape it "
+                             "does not know")
+    return shapes
+
+
+class DropoutStream:
+    """Inverted-dropout masks (Srivastava et al. 2014, "Dropout: A Simple Way to Prevent Neural
+    Networks from Overfitting", JMLR 15), drawn here so every backend drops the same units.
+
+    Step i's masks come from a Generator on `SeedSequence(seed, spawn_key=(3, i))` (the i-th child
+    of seed_streams' dropout stream): for each Tanh layer in order, `u = rng.random(shape)`
+    (float64) and mask = 1/(1-p) where u >= p, 0 where u < p, cast to `dtype`; so each unit is
+    kept with probability 1 - p and the kept ones are scaled so the expected activation is
+    unchanged (eval mode then needs no scaling: it has no dropout). The position of the stream
+    is the step number, as for BatchStream: a resumed run draws exactly the same masks.
+
+    Arguments:
+        seed: the run seed; p: dropout probability in (0, 1); shapes: dropout_shapes(spec, B);
+        dtype: the model's dtype ('float32' or 'float64').
+    """
+
+    def __init__(self, seed: int, p: float, shapes, dtype):
+        if seed < 0 or not 0 < p < 1:
+            raise ValueError(f"need seed >= 0 and 0 < p < 1, got seed={seed}, p={p}")
+        self.seed, self.p, self.shapes = seed, p, [tuple(s) for s in shapes]
+        self.dtype = np.dtype(dtype)
+        self.scale = self.dtype.type(1.0 / (1.0 - p))
+
+    def masks(self, step: int) -> list[np.ndarray]:
+        """Step `step`'s masks: one array per Tanh layer, of that layer's output shape, values
+        0 or 1/(1-p) in the model's dtype."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(DROPOUT_STREAM, step)))
+        return [np.where(rng.random(s) >= self.p, self.scale, self.dtype.type(0)) for s in self.shapes]
+
+    def take(self, start: int, k: int) -> list[np.ndarray]:
+        """The masks of steps start .. start+k-1 stacked per Tanh layer: one (k, *shape) array
+        per layer (what fast_train_steps takes)."""
+        steps = [self.masks(start + i) for i in range(k)]
+        return [np.stack([m[j] for m in steps]) if k else np.zeros((0, *s), self.dtype)
+                for j, s in enumerate(self.shapes)]
 
 
 def sampling_uniforms(seed: int, n: int, max_len: int = 64) -> np.ndarray:

@@ -27,7 +27,7 @@ def step_threads(batch_size: int) -> int | None:
     Raises:
         ValueError: MAKEMORE_THREADS is set to something other than a positive integer.
     """
-    raw = os.environ.get(ENV, "").strip()
+    raw = raw_threads()
     if raw:
         try:
             n = int(raw)
@@ -40,17 +40,34 @@ def step_threads(batch_size: int) -> int | None:
     return 1 if batch_size <= SMALL_BATCH else None
 
 
-def busy_warning(batch_size: int) -> str | None:
-    """A warning to print when MAKEMORE_THREADS asks for more than one thread at a small batch
-    while the machine is already busy (1-minute load average above cores - 1): the case where
-    the extra threads made steps 5-30x slower here. None otherwise (or where there is no load
-    average)."""
-    n = step_threads(batch_size)
-    if not n or n < 2 or batch_size > SMALL_BATCH or not hasattr(os, "getloadavg"):
-        return None
+def busy_warning(batch_size: int, backend: str = "numpy") -> str | None:
+    """A warning to print when a training step would run on more than one thread while the
+    machine is already busy (1-minute load average above cores - 1): the case where the extra
+    threads made steps 5-30x slower here. numpy and torch follow step_threads (one thread at
+    batch <= 64 unless MAKEMORE_THREADS asks for more; the library's own setting above 64,
+    where threads pay off); JAX's XLA runtime spreads over every core this process may use. None when nothing oversubscribes, or
+    where there is no load average.
+
+    Raises ValueError for a malformed MAKEMORE_THREADS (step_threads)."""
     cores = available_cores()
+    n = step_threads(batch_size)
+    if backend == "jax" and batch_size <= SMALL_BATCH:
+        n = cores
+    if batch_size > SMALL_BATCH or not n or n < 2 or not hasattr(os, "getloadavg"):
+        return None   # large batches: the extra threads pay off
     load = os.getloadavg()[0]
     if load <= cores - 1:
         return None
-    return (f"warning: {ENV}={n} at batch {batch_size} on a busy machine (load {load:.1f} on {cores} "
-            f"cores): extra threads made such steps 5-30x slower here; unset {ENV} for one thread")
+    if backend == "jax":
+        fix = "run it pinned to one core (taskset -c 0 makemore ...) or when the machine is quiet"
+    elif raw_threads():
+        fix = f"unset {ENV} for one thread"
+    else:
+        fix = f"set {ENV}=1 for one thread"
+    return (f"warning: {backend} would train on {n} threads (batch {batch_size}) on a busy machine "
+            f"(load {load:.1f} on {cores} cores): extra threads made such steps 5-30x slower here; {fix}")
+
+
+def raw_threads() -> str:
+    """MAKEMORE_THREADS as set (stripped), '' when unset."""
+    return os.environ.get(ENV, "").strip()

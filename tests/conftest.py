@@ -13,19 +13,37 @@ CANDIDATES = [os.environ.get("MAKEMORE_DATA"), ROOT / "data" / "names.txt",
               ROOT.parent / "shared" / "data" / "names.txt"]
 
 
-@pytest.fixture(scope="session")
-def names_path() -> Path:
+def _find_names() -> Path | None:
     for c in CANDIDATES:
         if c and Path(c).is_file():
             return Path(c)
     try:  # the project's own lookup: downloads and verifies data/names.txt where the network allows
         from shared.data import find_names_file
-        os.chdir(ROOT)
-        return find_names_file().resolve()
-    except Exception as e:
-        print(e)
-    pytest.fail("names.txt not found: copy it to data/names.txt or set MAKEMORE_DATA "
-                "(.ci/run copies ../shared/data/names.txt)")
+        # data/names.txt is relative to the working directory: only look (and download) from the root
+        return find_names_file().resolve() if Path.cwd() == ROOT else None
+    except Exception:  # DataError, or no network: one message below, not one per test
+        return None
+
+
+NAMES = None
+
+
+def pytest_sessionstart(session):
+    """Stop the whole session with one message when names.txt cannot be found (most tests need
+    it), instead of an error per test."""
+    global NAMES
+    NAMES = _find_names()
+    if NAMES is None:
+        pytest.exit("names.txt not found (nor downloadable): copy it to data/names.txt, or set "
+                    "MAKEMORE_DATA=/path/to/names.txt, then run make test again "
+                    "(sha256 0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d)",
+                    returncode=4)
+
+
+@pytest.fixture(scope="session")
+def names_path() -> Path:
+    """The real names.txt (found once at session start)."""
+    return NAMES
 
 
 @pytest.fixture(scope="session")

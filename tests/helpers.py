@@ -40,6 +40,43 @@ def bn_oracle(x, gamma, beta, rm, rv, convention, eps=1e-5, momentum=0.1):
     return y, (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * run_var
 
 
+# The recipe the recipe tests run: AdamW (decay on), warm-up + cosine, dropout. lr 0.01 is AdamW-sized.
+RECIPE = dict(optimizer="adamw", schedule="cosine", lr=0.01, lr_final=0.001, weight_decay=0.1, dropout=0.2)
+
+
+def adamw_oracle(p, g, m, v, t, lr, weight_decay, decayed, betas=(0.9, 0.999), eps=1e-8):
+    """One AdamW step in float64 numpy, from Loshchilov & Hutter 2019 (Algorithm 2, with the
+    learning rate scaling the decay as torch.optim.AdamW and optax.adamw do), step t from 1:
+    m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t),
+    p = p - lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p) (the decay only if `decayed`).
+    Returns (p, m, v)."""
+    b1, b2 = betas
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    step = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    return p - lr * (step + (weight_decay * p if decayed else 0.0)), m, v
+
+
+def mlp_train_dropout_oracle(p, X, Y, mask, eps=1e-5):
+    """The `mlp` preset in train mode with inverted dropout after its Tanh (Srivastava et al.
+    2014), written out in float64 with the lecture's BatchNorm (unbiased variance): returns
+    (loss, {"5.weight", "5.bias", "3.gamma", "3.beta": gradients}) for X (B, 3), Y (B,) and a
+    (B, 200) mask."""
+    B = len(X)
+    pre = p["0.weight"][X].reshape(B, -1) @ p["2.weight"]
+    xhat = (pre - pre.mean(0)) / np.sqrt(pre.var(0, ddof=1) + eps)
+    t = np.tanh(p["3.gamma"] * xhat + p["3.beta"])
+    h = t * mask                                                   # dropout
+    logits = h @ p["5.weight"] + p["5.bias"]
+    z = logits - logits.max(1, keepdims=True)
+    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    loss = -np.log(prob[np.arange(B), Y]).mean()
+    dlogits = (prob - np.eye(logits.shape[1])[Y]) / B
+    dbn = (dlogits @ p["5.weight"].T) * mask * (1 - t ** 2)        # through dropout, then tanh
+    return loss, {"5.weight": h.T @ dlogits, "5.bias": dlogits.sum(0), "3.gamma": (dbn * xhat).sum(0),
+                  "3.beta": dbn.sum(0)}
+
+
 def mlp_eval_hidden_and_logits(p, X):
     """The `mlp` preset in eval mode, written out from the lecture (Part 3's MLP with BatchNorm):
     X (B, 3) int -> (h (B, 200) Tanh output, logits (B, vocab))."""
@@ -138,9 +175,9 @@ def batch(spec, n=32, seed=0):
             rng.integers(0, spec.vocab_size, size=n))
 
 
-def fast_steps(name, B, model, opt, Xs, Ys):
+def fast_steps(name, B, model, opt, Xs, Ys, masks=None):
     """B.fast_train_steps with the test settings of FAST_KWARGS."""
-    return B.fast_train_steps(model, opt, Xs, Ys, **FAST_KWARGS.get(name, {}))
+    return B.fast_train_steps(model, opt, Xs, Ys, masks=masks, **FAST_KWARGS.get(name, {}))
 
 
 @contextlib.contextmanager

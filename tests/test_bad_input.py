@@ -55,8 +55,11 @@ def test_a_batch_too_small_for_batchnorm_changes_nothing(mlp64, batch):
     msg = "BatchNorm1d.*at least 2 values per channel|needs at least 1 example"
     with pytest.raises(ValueError, match=msg):
         B.fast_train_steps(model, opt, X, Y)
-    with pytest.raises(ValueError, match=msg):
-        B.train_step(model, opt, X[0], Y[0])
+    for call in (lambda: B.train_step(model, opt, X[0], Y[0]), lambda: B.loss_and_grads(model, X[0], Y[0]),
+                 lambda: B.forward(model, X[0], train=True), lambda: B.layer_outputs(model, X[0], train=True)):
+        with pytest.raises(ValueError, match=msg):   # every train-mode entry point, before any state moves
+            call()
+    assert opt.t == 0
     after = B.export_params(model)
     for k in before:
         np.testing.assert_array_equal(after[k], before[k], err_msg=k)

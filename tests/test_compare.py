@@ -41,9 +41,13 @@ def test_unknown_backend_is_a_one_line_error(capsys):
 
 def test_parse_backends():
     assert parse_backends(None) == available_backends()
-    assert parse_backends(" torch, numpy,torch") == ["torch", "numpy"]
+    assert parse_backends(" torch, numpy") == ["torch", "numpy"]
+    with pytest.raises(BackendError, match="names torch twice"):
+        parse_backends("torch,numpy,torch")
     with pytest.raises(BackendError, match="no backend"):
         parse_backends(",")
+    with pytest.raises(BackendError, match="only numpy was given: there is nothing to compare"):
+        parse_backends("numpy")
 
 
 def test_table_steps():

@@ -167,6 +167,33 @@ def test_train_step_compiles_once_per_run(rng, monkeypatch):
     assert traces["step"] == 2 and opt.t == 12
 
 
+def test_a_recipe_step_compiles_once_per_run(rng, monkeypatch):
+    # AdamW + warm-up/cosine + dropout: the masks are traced inputs, the schedule's count too
+    from helpers import RECIPE
+    from shared.stream import DropoutStream, dropout_shapes
+    spec = get_spec("wavenet-22k", dtype="float32")
+    model = J.build_model(spec)
+    J.load_params(model, init_params(spec, 0))
+    X, Y = rng.integers(0, 27, size=(6, 16, 8)), rng.integers(0, 27, size=(6, 16))
+    traces = {"step": 0}
+
+    def counting(*a, **k):
+        traces["step"] += 1
+        return real(*a, **k)
+    real = JT._step
+    monkeypatch.setattr(JT, "_step", counting)
+    monkeypatch.setattr(JF, "_step", counting)
+    cfg = TrainConfig(steps=12, warmup=3, **RECIPE)
+    drops = DropoutStream(0, cfg.dropout, dropout_shapes(spec, 16), spec.dtype)
+    opt = J.Optimizer(model, cfg)
+    for i in range(6):   # through the warm-up into the cosine
+        J.train_step(model, opt, X[i], Y[i], masks=drops.masks(i))
+    assert traces["step"] == 1, "the train step retraced"
+    J.fast_train_steps(model, opt, X[:3], Y[:3], masks=drops.take(6, 3))
+    J.fast_train_steps(model, opt, X[3:], Y[3:], masks=drops.take(9, 3))
+    assert traces["step"] == 2 and opt.t == 12 and opt.lr == pytest.approx(cfg.lr_final)
+
+
 def test_tanh_record_hook_gives_activation_and_its_gradient(rng):
     # the last Tanh feeds the last Linear, so dL/dh = (softmax - onehot) / B @ W.T in numpy
     spec = get_spec("mlp", dtype="float64")

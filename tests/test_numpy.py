@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import impl_numpy as N
-from impl_numpy.layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Linear, Tanh
+from impl_numpy.layers import BatchNorm1d, CausalConv1d, Dropout, Embedding, FlattenConsecutive, Linear, Tanh
 from impl_numpy.model import cross_entropy, sequence_cross_entropy
 from makemore import cli
 from shared.checkpoint import load_checkpoint
@@ -182,6 +182,19 @@ def test_sequence_gradients_against_finite_differences(rng):
 
 def test_tanh_backward(rng):
     layer_fd(Tanh(), rng.normal(size=(4, 3, 5)), rng)
+
+
+def test_dropout_backward_and_identity_without_a_mask(rng):
+    x, R = rng.normal(size=(4, 3, 5)), rng.normal(size=(4, 3, 5))
+    mask = np.where(rng.random((4, 3, 5)) >= 0.3, 1 / 0.7, 0.0)
+    d = Dropout()
+
+    def f():
+        return float((d(x, mask) * R).sum())
+    f()
+    check_close(d.backward(R), numeric_grad(f, x), "Dropout dx")
+    np.testing.assert_array_equal(d(x, mask), x * mask)
+    assert d(x) is x and d.backward(R) is R            # no mask (eval mode, no dropout): identity
 
 
 def test_cross_entropy_value_and_gradient(rng):

@@ -1,6 +1,7 @@
 """Parity across every pair of installed backends (helpers.PAIRS): the same canonical parameters
 and the same batch give the same logits, loss, gradients, every layer's output (train and eval
-mode), BatchNorm running stats, SGD trajectory, checkpoints and sampled names.
+mode), BatchNorm running stats, SGD trajectory, AdamW + warm-up/cosine + dropout trajectory
+(with the optimizer's moments), checkpoints and sampled names.
 
 Only the backend contract (shared.backend.Backend) is used, so a new backend joins the suite unchanged.
 Tolerances (docs/design.md "Precision and parity"), relative to the largest |value| of the tensor:
@@ -9,7 +10,7 @@ float64 1e-10 everywhere; float32 1e-5 for outputs/logits/loss, 1e-4 for gradien
 import numpy as np
 import pytest
 
-from helpers import PAIRS, assert_same, batch, loaded_model, one_torch_thread, perturbed_params
+from helpers import PAIRS, RECIPE, assert_same, batch, loaded_model, one_torch_thread, perturbed_params
 from shared.checkpoint import load_checkpoint
 from shared.params import is_buffer
 from makemore.registry import get_backend
@@ -153,6 +154,31 @@ def test_conv_sgd_trajectory_on_whole_names(pair, data8):
         assert_same(a.losses[i], b.losses[i], f"conv loss at step {i} (float64)", 1e-10, pair)
     for k in a.params:
         assert_same(a.params[k], b.params[k], f"conv {k} after 300 steps (float64)", 1e-10, pair)
+
+
+def _recipe_run(name, dtype, steps, data, folder):
+    spec = get_spec("wavenet-22k", dtype=dtype)
+    cfg = TrainConfig(steps=steps, warmup=steps // 10, seed=5, **RECIPE)   # AdamW, warm-up + cosine, dropout
+    res = train(name, spec, cfg, data, out_dir=folder, checkpoint_every=0, evaluate=False, n_samples=0)
+    return res, load_checkpoint(folder / "checkpoint.safetensors")[1]["state"]
+
+
+@pytest.mark.parametrize("dtype,steps,rtol", [("float64", 300, 1e-10), ("float32", 50, 1e-4)])
+def test_adamw_cosine_dropout_trajectory(pair, data8, tmp_path_factory, dtype, steps, rtol):
+    # the same masks (shared.stream.DropoutStream), the same schedule, the same AdamW convention
+    (a, sa), (b, sb) = (cached(("recipe", n, dtype), lambda: _recipe_run(n, dtype, steps, data8,
+                                                                         tmp_path_factory.mktemp(n)))
+                        for n in pair)
+    for i in range(steps):   # the first step that diverges is the one to report
+        assert_same(a.losses[i], b.losses[i], f"AdamW/cosine/dropout loss at step {i} ({dtype})", rtol, pair)
+    for k in a.params:
+        assert_same(a.params[k], b.params[k], f"{k} after {steps} AdamW steps ({dtype})",
+                    rtol if dtype == "float64" else 1e-3, pair)
+    assert list(sa) == list(sb) and int(sa["opt.t"][0]) == steps
+    for k in sa:   # the optimizer's moments, in canonical form, through the checkpoint
+        if k.startswith("opt.exp_avg"):
+            assert_same(sa[k], sb[k], f"{k[4:]} after {steps} steps ({dtype})",
+                        rtol if dtype == "float64" else 1e-3, pair)
 
 
 def test_checkpoint_from_one_backend_loads_into_the_other(pair, data8, tmp_path):

@@ -140,8 +140,12 @@ def test_busy_warning_only_when_asked_for_threads_on_a_busy_machine(monkeypatch)
     assert threads.busy_warning(32) is None                     # the default: one thread
     monkeypatch.setenv("MAKEMORE_THREADS", "2")
     w = threads.busy_warning(32)
-    assert "MAKEMORE_THREADS=2" in w and "load 3.2 on 2 cores" in w
+    assert "2 threads" in w and "unset MAKEMORE_THREADS" in w and "load 3.2 on 2 cores" in w
     assert threads.busy_warning(4096) is None                    # large batches: threads pay off
+    monkeypatch.delenv("MAKEMORE_THREADS")
+    w = threads.busy_warning(32, "jax")                          # XLA uses every core
+    assert "jax would train on 2 threads" in w and "taskset" in w
+    assert threads.busy_warning(32, "torch") is None
     monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.5, 0.5))
     assert threads.busy_warning(32) is None                      # quiet machine
 

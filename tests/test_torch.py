@@ -92,6 +92,33 @@ def test_compiled_fast_path_matches_train_step_float32(one_thread, rng):
     assert t0 == t1 == 10
 
 
+def test_compiled_fast_path_matches_train_step_with_adamw_cosine_dropout(one_thread, rng):
+    from helpers import RECIPE
+    from shared.stream import DropoutStream, dropout_shapes
+    spec = get_spec("wavenet-22k")
+    p = init_params(spec, 5)
+    cfg = TrainConfig(steps=20, warmup=3, **RECIPE)
+    drops = DropoutStream(0, cfg.dropout, dropout_shapes(spec, 32), spec.dtype)
+    Xs, Ys = rng.integers(0, 27, (10, 32, 8)), rng.integers(0, 27, (10, 32))
+    runs = []
+    for fast in (False, True):
+        m = T.build_model(spec)
+        T.load_params(m, p)
+        opt = T.Optimizer(m, cfg)
+        if fast:   # compiled by torch.compile (inductor): masks and AdamW's moments as inputs
+            losses = np.concatenate([T.fast_train_steps(m, opt, Xs[:5], Ys[:5], masks=drops.take(0, 5)),
+                                     T.fast_train_steps(m, opt, Xs[5:], Ys[5:], masks=drops.take(5, 5))])
+        else:
+            losses = np.array([T.train_step(m, opt, Xs[i], Ys[i], masks=drops.masks(i)) for i in range(10)])
+        runs.append((losses, T.export_params(m), opt.state_dict()))
+    (l0, p0, s0), (l1, p1, s1) = runs
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    for name in p0:
+        np.testing.assert_allclose(p1[name], p0[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    for name in s0:
+        np.testing.assert_allclose(s1[name], s0[name], rtol=1e-4, atol=1e-4 * np.abs(s0[name]).max(), err_msg=name)
+
+
 def test_trainer_fast_flag_gives_the_plain_losses(one_thread, data8):
     from makemore.trainer import train
     cfg = TrainConfig(steps=130, lr_decay_step=110)  # two fast chunks (100 + 30), decay inside

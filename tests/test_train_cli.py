@@ -81,5 +81,5 @@ def test_registry_errors(monkeypatch):
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torch" else real(n, *a))
-    with pytest.raises(BackendError, match=r"pip install 'makemore-ports\[torch\]'"):
+    with pytest.raises(BackendError, match=r"from the checkout with: pip install 'torch==2.13.0' -e '.\[torch\]'"):
         get_backend("torch")
