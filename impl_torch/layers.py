@@ -6,7 +6,10 @@ wherever torch ships one (Embedding, Linear, Tanh) and the others are nn.Modules
 subclasses nn.Sequential to take the dropout masks).
 Shapes: B batch, T positions, C channels.
 """
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # torch ships Embedding: weight (vocab_size, n_embd), the canonical layout already.
@@ -63,7 +66,8 @@ class CausalConv1d(nn.Conv1d):
 
 
 # torch ships nn.BatchNorm1d, but it wants channels in dim 1 and normalises with the biased
-# variance only: written out so every convention of the spec (docs/design.md) is one flag.
+# variance only: wrapped so every convention of the spec (docs/design.md) is one flag (its fused
+# kernel F.batch_norm where it applies, the formula written out for counts and per-position stats).
 class BatchNorm1d(nn.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
@@ -72,7 +76,10 @@ class BatchNorm1d(nn.Module):
     reduce over dims (0, 1)). Parameters gamma, beta (C,); buffers running_mean, running_var (C,).
     `convention` (docs/design.md): 'lecture' normalises with the unbiased variance and keeps it;
     'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
-    the biased one for both. running = (1 - momentum) * running + momentum * batch.
+    the biased one for both. running = (1 - momentum) * running + momentum * batch. In train mode,
+    with mean and var over the batch: gamma * (x - mean) / sqrt(var + eps) + beta. The plain layer
+    (no counts, no positions) runs torch's fused F.batch_norm; the two variants below run the
+    formula written out (F.batch_norm has neither per-node weights nor (T, C) statistics).
 
     Optional `counts` (x.shape[:-1], train mode): a weight per node for the whole-sequence path of
     a conv model (shared.spec.window_counts): the statistics of the nodes repeated `counts`
@@ -97,11 +104,14 @@ class BatchNorm1d(nn.Module):
         self.register_buffer("running_var", torch.ones(stat))
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        if counts is not None and self.positions:
+            raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
+                             "do not combine with per-node weights (the whole-sequence path)")
+        if counts is None and not self.positions:
+            return self._fused(x)
+        # the written-out formula: weighted nodes (counts) or per-position statistics
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
-            if counts is not None and self.positions:
-                raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
-                                 "do not combine with per-node weights (the whole-sequence path)")
             if self.positions:
                 dims = (0,)                   # pre-fix: statistics per position and channel
             if counts is not None:
@@ -129,6 +139,34 @@ class BatchNorm1d(nn.Module):
             xmean, xvar = self.running_mean, self.running_var
         xhat = (x - xmean) / torch.sqrt(xvar + self.eps)
         return self.gamma * xhat + self.beta
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        # F.batch_norm is torch's fused kernel (what nn.BatchNorm1d runs): one op forward and one
+        # backward, where the formula written out (mean, var, subtract, divide, ...) is about 10
+        # eager ops forward and 20 backward, and made a batch-32 step 1.5x slower (bench/README.md).
+        # It wants channels in dim 1: the (n, C) view, n = B or B*T, reduces over every axis but
+        # the last.
+        x2 = x.reshape(-1, x.shape[-1])
+        if not self.training:
+            y = F.batch_norm(x2, self.running_mean, self.running_var, self.gamma, self.beta,
+                             training=False, eps=self.eps)
+            return y.view(x.shape)
+        n = x2.shape[0]
+        if n < 2:
+            raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
+        # F.batch_norm normalises with the biased variance var_b and keeps the unbiased one,
+        # var_u = c * var_b with c = n / (n - 1), in running_var: the 'torch' convention.
+        c = n / (n - 1)
+        gamma, eps, running_var = self.gamma, self.eps, self.running_var
+        if self.convention == "lecture":  # normalise with var_u: var_u + eps = c * (var_b + eps / c)
+            gamma, eps = self.gamma / math.sqrt(c), self.eps / c
+        if self.convention == "flax":  # keep var_b: the unbiased update of c * running_var, over c
+            running_var = self.running_var * c
+        y = F.batch_norm(x2, self.running_mean, running_var, gamma, self.beta,
+                         training=True, momentum=self.momentum, eps=eps)
+        if self.convention == "flax":  # (a copy: backward reads the tensor F.batch_norm was given)
+            self.running_var.copy_(running_var / c)
+        return y.view(x.shape)
 
     def extra_repr(self) -> str:
         return (f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"

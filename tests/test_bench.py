@@ -97,6 +97,7 @@ def _raw():
             {"benchmarks": [_bench("matmul", 0.4, lib="torch", flops=2 * 2048 ** 3)]},  # a busy end
             {"peak_rss_mb": 300.0, "benchmarks": [
                 _bench(min_s=0.5, backend="torch", path="plain", **tr),   # 5 ms/step
+                _bench(min_s=0.4, backend="torch", path="bare loop", **tr),  # 4 ms/step
                 _bench(min_s=0.1, backend="torch", path="fast", **tr)]},  # 1 ms/step
             {"peak_rss_mb": 90.0, "benchmarks": [
                 _bench(min_s=0.2, backend="numpy", path="fast", **tr),    # 2 ms/step
@@ -118,18 +119,25 @@ def test_build_rows_by_hand():
     assert f["floor_ratio"] == pytest.approx(1.0 / floor_ms) and f["matmul_gflops"] == pytest.approx(gflops)
     assert f["vs_torch_eager"] == pytest.approx(5.0) and f["peak_rss_mb"] == 300.0
     assert tr["numpy", "fast"]["vs_torch_eager"] == pytest.approx(2.5)
+    assert f["vs_bare_loop"] == pytest.approx(4.0) and tr["numpy", "fast"]["vs_bare_loop"] == pytest.approx(2.0)
+    assert tr["torch", "plain"]["vs_bare_loop"] == pytest.approx(0.8)
+    assert tr["torch", "bare loop"]["vs_bare_loop"] == pytest.approx(1.0)
     (two,) = [r for r in rows if r["threads"] == "2"]                 # no torch eager at 2 threads
     assert two["vs_torch_eager"] is None and two["ms_per_step"] == pytest.approx(1.0)
+    assert two["vs_bare_loop"] is None
     assert tr["torch", "plain"]["ms_per_step_median"] == pytest.approx(7.5)
     (s,) = [r for r in rows if r["kind"] == "sample"]
     assert s["names_per_s"] == pytest.approx(200.0) and s["vs_torch_eager"] is None
+    assert s["vs_bare_loop"] is None
     md = bench.tables(rows, rates)
     assert "| wavenet | 32 | float32 | torch | fast | 1 | 1.00 | 1.000 | 1000 |" in md
+    assert f"| {1.0 / floor_ms:.1f} | 4.00 | 5.00 |" in md and "vs bare loop" in md
     assert "x floor" in md and "Peak memory" in md and "| numpy | 90 |" in md and "Warning" not in md
     (g,) = [r for r in rows if r["kind"] == "step_gemms"]
     assert g["ms_per_step"] == pytest.approx(0.8) and g["vs_torch_eager"] is None
+    assert g["vs_bare_loop"] == pytest.approx(5.0)                  # the bare loop's 4 ms / 0.8 ms
     # GEMMs alone: 24.2565 MFLOP in 0.8 ms = 30.3 GFLOP/s; numpy's fast path (2 ms) / 0.8 ms = 2.50
-    assert f"| wavenet | 32 | float32 | numpy | 1 | 1.00 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 2.50 |" in md
+    assert f"| wavenet | 32 | float32 | numpy | 1 | 1.00 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 5.00 | 2.50 |" in md
 
 
 def test_a_floor_beaten_by_a_row_is_flagged():
@@ -144,6 +152,41 @@ def test_a_floor_beaten_by_a_row_is_flagged():
 def test_build_rows_needs_a_matmul_rate():
     with pytest.raises(ValueError, match="no matmul benchmark"):
         bench.build_rows(_raw()[2:])
+
+
+# ---- the bare loop (bench/torch_bare_loop.py): the lecture's own code, the same function ----
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_the_bare_loop_trains_like_train_step(dtype, rtol, rng):
+    """The baseline row times the same computation as torch's train_step: same initial weights and
+    minibatches give the same losses, weights and running stats (to float rounding)."""
+    import numpy as np
+    import torch
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch_bare_loop
+    from shared.config import TrainConfig
+    from shared.params import init_params
+    import impl_torch as T
+    spec = get_spec("wavenet", dtype=dtype)
+    p = init_params(spec, 3)
+    Xs, Ys = rng.integers(0, 27, (6, 32, 8)), rng.integers(0, 27, (6, 32))
+    model = T.build_model(spec)
+    T.load_params(model, p)
+    opt = T.Optimizer(model, TrainConfig(steps=10 ** 9))  # lr 0.1 throughout, as the bare loop's
+    plain = [T.train_step(model, opt, Xs[i], Ys[i]) for i in range(6)]
+    bare = torch_bare_loop.build(spec, p)
+    losses = torch_bare_loop.train(bare, torch.from_numpy(Xs), torch.from_numpy(Ys))
+    np.testing.assert_allclose(losses, plain, rtol=rtol)
+    after = T.export_params(model)
+    np.testing.assert_allclose(bare.layers[-1].weight.detach().numpy(), after[f"{len(spec.layers) - 1}.weight"],
+                               rtol=100 * rtol, atol=100 * rtol)
+    bn = next(i for i, l in enumerate(spec.layers) if l.kind == "batchnorm")
+    np.testing.assert_allclose(bare.layers[bn].running_var.numpy().ravel(), after[f"{bn}.running_var"],
+                               rtol=100 * rtol)
+    with pytest.raises(ValueError, match="convention 'lecture'"):
+        torch_bare_loop.build(spec.with_(bn_convention="torch"), p)
 
 
 # ---- the suites themselves, and makemore bench end to end, tiny ----
@@ -164,9 +207,9 @@ def test_smoke_every_bench_suite(tmp_path):
                          "--mm-names", "3", "--mm-matmul-rounds", "1", "--mm-matmul-n", "64",
                          "--mm-eval-examples", "500"], tmp_path)
     n_mm = len([b for b in BACKENDS if b != "numpy"]) + 1    # numpy, torch, xla
-    # matmul, train x2 paths, step GEMMs, eval, sample, targets/s (wavenet-32 and wavenet-conv:
-    # bench/test_sequence_step.py)
-    n = n_mm + 2 * len(BACKENDS) + 3 * len(BACKENDS) + 2 * len(BACKENDS)
+    # matmul, train x2 paths (+ torch's bare loop), step GEMMs, eval, sample, targets/s
+    # (wavenet-32 and wavenet-conv: bench/test_sequence_step.py)
+    n = n_mm + 2 * len(BACKENDS) + ("torch" in BACKENDS) + 3 * len(BACKENDS) + 2 * len(BACKENDS)
     assert f"{n} passed" in out, out[-2000:]
 
 
