@@ -27,7 +27,8 @@ def pytest_addoption(parser):
     g.addoption("--mm-presets", default="mlp,wavenet", help="comma-separated presets")
     g.addoption("--mm-batches", default="32,256,4096", help="comma-separated batch sizes (float32)")
     g.addoption("--mm-float64", default="32", help="batch sizes also run in float64 ('' for none)")
-    g.addoption("--mm-paths", default="plain,fast", help="plain (train_step) and/or fast")
+    g.addoption("--mm-paths", default="plain,fast,bare",
+                help="plain (train_step), fast (fast_train_steps), bare (torch only: the lecture's loop)")
     g.addoption("--mm-steps", type=int, default=0, help="steps per call (0: by batch size)")
     g.addoption("--mm-seconds", type=float, default=1.5,
                 help="target measured seconds per benchmark (sets the rounds)")
@@ -72,10 +73,13 @@ def train_configs(config) -> list[tuple[str, int, str]]:
 
 def pytest_generate_tests(metafunc):
     cfg = metafunc.config
-    if "backend" in metafunc.fixturenames:
+    if "path" in metafunc.fixturenames and "backend" in metafunc.fixturenames:
+        # the bare loop (bench/torch_bare_loop.py) is a torch program: a row for torch only
+        paths = _csv(cfg.getoption("--mm-paths"))
+        metafunc.parametrize("backend,path", [(b, p) for b in bench_backends(cfg) for p in paths
+                                              if p != "bare" or b == "torch"])
+    elif "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", bench_backends(cfg))
-    if "path" in metafunc.fixturenames:
-        metafunc.parametrize("path", _csv(cfg.getoption("--mm-paths")))
     if "train_cfg" in metafunc.fixturenames:
         metafunc.parametrize("train_cfg", train_configs(cfg), ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
     if "lib" in metafunc.fixturenames:

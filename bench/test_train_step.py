@@ -4,6 +4,9 @@ path 'plain' is the backend's train_step called once per step (what `makemore tr
 'fast' is its fast_train_steps (`makemore train --fast`): torch.compile of a hand-fused step for
 torch, preallocated in-place buffers for numpy, k steps in one jitted lax.scan for JAX. Both
 paths run the same k real minibatches per call, so the time per step is the call's time / k.
+path 'bare loop' (backend torch only) is the baseline a user would otherwise run: the lecture's own
+eager loop, hand-made parameter tensors and `p.data += -lr * p.grad` (bench/torch_bare_loop.py),
+on the same minibatches as torch tensors (the notebook keeps Xtr, Ytr as tensors).
 Backends return host values (floats / numpy arrays), so JAX timings include waiting for the
 result; the first call (compilation) is timed apart as first_call_s.
 """
@@ -31,12 +34,21 @@ def test_train_step(benchmark, request, backend, path, train_cfg):
     Xtr, Ytr = data.train
     ix = BatchStream(42, len(Xtr), batch).take(k)
     Xs, Ys = Xtr[ix], Ytr[ix]
-    if path == "plain":
+    if path == "bare":
+        import numpy as np
+        import torch
+        import torch_bare_loop
+        bare = torch_bare_loop.build(spec, init_params(spec, seed_streams(42)[0]))
+        tX, tY = torch.from_numpy(Xs.astype(np.int64)), torch.from_numpy(Ys.astype(np.int64))
+
+        def fn():
+            return torch_bare_loop.train(bare, tX, tY)  # lr 0.1, as the plain path's
+    elif path == "plain":
         def fn():
             return [B.train_step(model, opt, Xs[i], Ys[i]) for i in range(k)]
     else:
         def fn():
             return B.fast_train_steps(model, opt, Xs, Ys)
     run_benchmark(benchmark, request, fn, dict(
-        kind="train_step", backend=backend, path=path, preset=preset, batch_size=batch, dtype=dtype,
-        steps_per_call=k, flops=train_step_flops(spec, batch)))
+        kind="train_step", backend=backend, path="bare loop" if path == "bare" else path, preset=preset,
+        batch_size=batch, dtype=dtype, steps_per_call=k, flops=train_step_flops(spec, batch)))

@@ -37,6 +37,32 @@ class FlattenConsecutive(nnx.Module):
 Linear = nnx.Linear
 
 
+# Flax ships Conv, channels last (no transpose, torch needs two) with `kernel` (n, fan_in, fan_out):
+# the canonical (n * fan_in, fan_out) reshaped, taps in the same order (model.py).
+class CausalConv1d(nnx.Conv):
+    """Dilated causal convolution with n taps (van den Oord et al. 2016, WaveNet; lecture Part 5
+    at 47:44): (B, T, fan_in) -> (B, T - (n-1)*d, fan_out), squeezed to (B, fan_out) when one
+    position is left (as FlattenConsecutive). nnx.Conv(fan_in, fan_out, n, kernel_dilation=d,
+    padding='VALID') (jax.lax.conv_general_dilated): output t reads x[:, t + j*d], j = 0..n-1
+    (tap 0 the oldest), nothing after its newest input (causal). Raises ValueError for fewer
+    than (n-1)*d + 1 positions (at trace time: shapes are static under jit)."""
+
+    def __init__(self, fan_in: int, fan_out: int, n: int = 2, dilation: int = 1, *, use_bias: bool = False,
+                 **kw):
+        super().__init__(fan_in, fan_out, (n,), kernel_dilation=(dilation,), padding="VALID",
+                         use_bias=use_bias, **kw)
+        self.n, self.dilation = n, dilation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[1] < (self.n - 1) * self.dilation + 1:
+            raise ValueError(f"CausalConv1d(n={self.n}, dilation={self.dilation}) needs at least "
+                             f"{(self.n - 1) * self.dilation + 1} positions, got {x.shape[1]}")
+        x = super().__call__(x)
+        if x.shape[1] == 1:
+            x = x.squeeze(1)
+        return x
+
+
 # Flax ships nnx.BatchNorm (biased variance, momentum 0.9 = ours 0.1): written out so every
 # convention of the spec (docs/design.md) is one flag; running stats are nnx.BatchStat.
 class BatchNorm1d(nnx.Module):
@@ -55,8 +81,14 @@ class BatchNorm1d(nnx.Module):
     Train/eval the nnx way: `use_running_average` is the attribute `model.train()` sets to False
     and `model.eval()` sets to True (as on nnx.BatchNorm). Arrays are created in `dtype`.
 
+    Optional `counts` (x.shape[:-1], train mode): a weight per node for the whole-sequence path of
+    a conv model (shared.spec.window_counts): the statistics of the nodes repeated `counts`
+    times, n = sum(counts) (a traced value: the check for n >= 2 is made before, in
+    shared.checks.check_sequences). jax.grad differentiates the weighted sums.
+
     positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
-    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B.
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B. It does not
+    combine with `counts` (ValueError: the conv model has no fixed T).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
@@ -72,16 +104,25 @@ class BatchNorm1d(nnx.Module):
         self.running_mean = nnx.BatchStat(jnp.zeros(stat, dtype=dtype))
         self.running_var = nnx.BatchStat(jnp.ones(stat, dtype=dtype))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, counts: jax.Array | None = None) -> jax.Array:
         if not self.use_running_average:
             axes = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
+            if counts is not None and self.positions:
+                raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
+                                 "do not combine with per-node weights (the whole-sequence path)")
             if self.positions:
                 axes = (0,)                   # pre-fix: statistics per position and channel
-            n = x.size // x.shape[-1] if not self.positions else x.shape[0]
-            if n < 2:
-                raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
-            xmean = x.mean(axes)
-            sq = ((x - xmean) ** 2).sum(axes)  # two-pass variance
+            if counts is None:
+                n = x.size // x.shape[-1] if not self.positions else x.shape[0]
+                if n < 2:
+                    raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
+                xmean = x.mean(axes)
+                sq = ((x - xmean) ** 2).sum(axes)  # two-pass variance
+            else:   # weighted nodes (whole-sequence path)
+                w = counts.astype(x.dtype)[..., None]
+                n = w.sum()
+                xmean = (w * x).sum(axes) / n
+                sq = (w * (x - xmean) ** 2).sum(axes)
             var_biased, var_unbiased = sq / n, sq / (n - 1)
             xvar = var_unbiased if self.convention == "lecture" else var_biased
             # nnx Variables are updated in place with `var[...] = ` (flax 0.12; torch: a buffer under

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from shared.checks import Float64Unavailable, check_masks, check_targets, check_token_ids
+from shared.checks import Float64Unavailable, check_masks, check_sequences, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
-from shared.spec import ModelSpec
+from shared.spec import ModelSpec, window_counts
 
-from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -61,6 +61,9 @@ def build_model(spec: ModelSpec) -> Sequential:
         elif l.kind == "linear":
             layers.append(Linear(l.fan_in, l.fan_out, use_bias=l.bias, dtype=dtype, param_dtype=dtype,
                                  kernel_init=zeros, rngs=rngs))
+        elif l.kind == "conv":
+            layers.append(CausalConv1d(l.fan_in, l.fan_out, n=l.n, dilation=l.dilation, use_bias=l.bias,
+                                       dtype=dtype, param_dtype=dtype, kernel_init=zeros, rngs=rngs))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
                                       dtype=dtype, positions=spec.bn_positions(i)))
@@ -79,15 +82,17 @@ def build_model(spec: ModelSpec) -> Sequential:
 
 
 def _flax_fields(spec: ModelSpec) -> dict[str, tuple[int, str]]:
-    # canonical name -> (layer index, nnx field): Flax calls Embed's table `embedding` and
-    # Linear's weight `kernel`; both are already in the canonical layout (torch transposes).
+    # canonical name -> (position in model.layers, nnx field): Flax calls Embed's table `embedding`
+    # and Linear's and Conv's weights `kernel`; all are in the canonical layout (torch transposes),
+    # Conv's as (n, fan_in, fan_out), the canonical (n * fan_in, fan_out) reshaped.
+    position = {k: p for p, k in enumerate(spec.layer_ids())}
     out = {}
     for name in param_shapes(spec):
         i, f = name.split(".", 1)
-        kind = spec.layers[int(i)].kind
+        p = position[int(i)]
         if f == "weight":
-            f = "embedding" if kind == "embedding" else "kernel"
-        out[name] = (int(i), f)
+            f = "embedding" if spec.layers[p].kind == "embedding" else "kernel"
+        out[name] = (p, f)
     return out
 
 
@@ -105,13 +110,15 @@ def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     check_params(model.spec, params)
     for name, var in _canonical(model).items():
         # set_value replaces the array (shape and dtype checked above); `var[...] = a` would
-        # compile a scatter into the old one for every shape
-        var.set_value(jnp.asarray(params[name], dtype=DTYPES[model.spec.dtype]))
+        # compile a scatter into the old one for every shape. The reshape only changes a Conv
+        # kernel: (n * fan_in, fan_out) -> (n, fan_in, fan_out).
+        var.set_value(jnp.asarray(params[name].reshape(var.shape), dtype=DTYPES[model.spec.dtype]))
 
 
 def export_params(model: Sequential) -> dict[str, np.ndarray]:
     """Canonical parameters (numpy copies), running stats included, in spec order."""
-    return {name: np.array(var[...]) for name, var in _canonical(model).items()}
+    shapes = param_shapes(model.spec)
+    return {name: np.array(var[...]).reshape(shapes[name]) for name, var in _canonical(model).items()}
 
 
 def _tokens(model: Sequential, X, train: bool = False) -> np.ndarray:
@@ -185,7 +192,105 @@ def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str
     X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))
     loss, grads = _loss_and_grads(model, X, Y, _masks(model, masks, len(X)))
+    return float(loss), _grads(model, grads)
+
+
+def _grads(model: Sequential, grads) -> dict[str, np.ndarray]:
+    # the nnx.State of gradients under canonical names, in the canonical layout
     flat = {path[1:]: v for path, v in nnx.to_flat_state(grads)}  # path ('layers', k, field)
-    out = {name: np.array(flat[(i, f)][...]) for name, (i, f) in _flax_fields(model.spec).items()
-           if (i, f) in flat}
-    return float(loss), out
+    shapes = param_shapes(model.spec)
+    return {name: np.array(flat[(i, f)][...]).reshape(shapes[name])
+            for name, (i, f) in _flax_fields(model.spec).items() if (i, f) in flat}
+
+
+# ---- whole sequences (conv models, issue 14): every position of a batch of names at once ----
+
+def _sequence_logits(model: Sequential, X: jax.Array, counts: list) -> jax.Array:
+    # the layers one by one, each BatchNorm1d with its node weights (counts[k], None in eval mode);
+    # logits (B, L, vocab) also when the last convolution squeezed L == 1 away
+    x = X
+    for layer, c in zip(model.layers, counts):
+        x = layer(x) if c is None else layer(x, c.reshape(x.shape[:-1]))
+    return x.reshape(X.shape[0], X.shape[1] - model.spec.block_size + 1, -1)
+
+
+# XLA compiles one program per shape: a whole-sequence step took 4-9 s to compile per length on
+# the busy 2-core dev machine, and names.txt has 14 lengths. numpy and torch run any length as it
+# comes; here L is padded up to a multiple of _LENGTH_STEP (4, 8, 12, 16: four compiles), the
+# padding masked out (weight 0 in every sum). On names.txt batches that is 20% more target
+# positions, 10% more input positions.
+_LENGTH_STEP = 4
+
+
+def _pad_length(X: np.ndarray, Y: np.ndarray | None, mask: np.ndarray):
+    # (X, Y, mask) with L padded up to a multiple of _LENGTH_STEP: token 0, target 0, mask False
+    extra = -mask.shape[1] % _LENGTH_STEP
+    if not extra:
+        return X, Y, mask
+    pad = ((0, 0), (0, extra))
+    return (np.pad(X, pad), None if Y is None else np.pad(Y, pad), np.pad(mask, pad))
+
+
+def _counts(model: Sequential, mask: np.ndarray, train: bool) -> list:
+    # shared.spec.window_counts in the model's dtype (None per layer in eval mode): jit arguments
+    if not train:
+        return [None] * len(model.layers)
+    dtype = DTYPES[model.spec.dtype]
+    return [None if c is None else c.astype(dtype) for c in window_counts(model.spec, mask)]
+
+
+@nnx.jit
+def _sequence_forward(model, X, counts):
+    # nnx.jit writes the updated running stats back into `model` (train mode)
+    return _sequence_logits(model, X, counts)
+
+
+def sequence_forward(model: Sequential, X, train: bool = False, mask=None) -> np.ndarray:
+    """Logits (B, L, vocab_size) at every position of whole sequences X (B, L + block_size - 1) int
+    of a conv model (shared.stream.name_batch): position t is the model's output for the context
+    X[:, t:t + block_size]. Eval mode uses the running stats (mask not needed); train mode
+    weighs every BatchNorm1d node by the target windows of `mask` (B, L) bool that use it
+    (shared.spec.window_counts; default all True) and updates the running stats.
+
+    Raises ValueError (shared.checks.check_sequences) before any state changes.
+    """
+    X, _, mask = check_sequences(model.spec, X, None, mask, train=train)
+    L = mask.shape[1]
+    X, _, mask = _pad_length(X, None, mask)
+    model.train() if train else model.eval()
+    logits = _sequence_forward(model, X.astype(np.int32, copy=False), _counts(model, mask, train))
+    return np.asarray(logits)[:, :L]
+
+
+def sequence_cross_entropy(logits: jax.Array, Y: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean cross-entropy over the real targets (mask True) of logits (B, L, V) against int labels
+    Y (B, L). Under jit the real targets cannot be selected (their number is not static), so
+    every position is computed and the masked ones weigh 0: sum(ce * mask) / sum(mask).
+    Raises ValueError (at trace time) if Y or mask is not of shape (B, L)."""
+    if Y.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
+        raise ValueError(f"targets {Y.shape} and mask {mask.shape} must both be {logits.shape[:2]}")
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, Y)
+    m = mask.astype(ce.dtype)
+    return (ce * m).sum() / m.sum()
+
+
+@nnx.jit
+def _sequence_loss_and_grads(model, X, Y, mask, counts):
+    return nnx.value_and_grad(
+        lambda m: sequence_cross_entropy(_sequence_logits(m, X, counts), Y, mask))(model)
+
+
+def sequence_loss_and_grads(model: Sequential, X, Y, mask=None) -> tuple[float, dict[str, np.ndarray]]:
+    """Masked mean cross-entropy of a train-mode sequence_forward (running stats updated) over the
+    real targets of whole sequences X (B, L + block_size - 1), Y (B, L), mask (B, L) bool (None:
+    all real), and the gradient of every trainable parameter under its canonical name and layout.
+
+    Equal to loss_and_grads of the hierarchical model on every window of those sequences
+    (docs/design.md, "Whole-sequence training"; tested). Raises ValueError
+    (shared.checks.check_sequences) before any state changes.
+    """
+    X, Y, mask = _pad_length(*check_sequences(model.spec, X, Y, mask, train=True))
+    model.train()
+    loss, grads = _sequence_loss_and_grads(model, X.astype(np.int32, copy=False),
+                                           Y.astype(np.int32, copy=False), mask, _counts(model, mask, True))
+    return float(loss), _grads(model, grads)

@@ -20,11 +20,13 @@ import optax
 from flax import nnx
 
 from shared.stream import sample_tokens
-from shared.checks import check_state
+from shared.checks import check_sequences, check_state
 from shared.config import ADAM_BETAS, ADAM_EPS, TrainConfig
 from shared.params import is_decayed
 
-from .model import DTYPES, _flax_fields, _masks, _targets, _tokens, cross_entropy
+from .model import (DTYPES, _counts, _flax_fields, _masks, _pad_length, _sequence_logits, _targets,
+                    _tokens, cross_entropy, sequence_cross_entropy)
+
 
 @contextlib.contextmanager
 def threads_for(batch_size: int):
@@ -86,6 +88,7 @@ class Optimizer:
         # The graphdef is closed over, not a static argument: jit would hash it on every call
         # (about 0.5 ms for this model). A new Optimizer (a new run) compiles once.
         self.train_step = jax.jit(partial(_step, self.graphdef))
+        self.sequence_step = jax.jit(partial(_sequence_step, self.graphdef))  # one compile per shape
         self.fields = {f: name for name, f in _flax_fields(model.spec).items()}   # (k, field) -> name
 
     @property
@@ -151,6 +154,15 @@ def _step(graphdef, state, X, Y, masks=None):
     return nnx.state((model, optimizer)), loss
 
 
+def _sequence_step(graphdef, state, X, Y, mask, counts):
+    # One SGD step on whole sequences, pure (as _step)
+    model, optimizer = nnx.merge(graphdef, state)
+    loss, grads = nnx.value_and_grad(
+        lambda m: sequence_cross_entropy(_sequence_logits(m, X, counts), Y, mask))(model)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), loss
+
+
 def train_step(model, opt: Optimizer, X, Y, masks=None) -> float:
     """One optimizer step on a minibatch (X (B, block_size) int, Y (B,) int); returns the loss.
 
@@ -160,6 +172,19 @@ def train_step(model, opt: Optimizer, X, Y, masks=None) -> float:
     X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))
     new_state, loss = opt.train_step(opt.state, X, Y, _masks(model, masks, len(X)))
+    opt.write_back(new_state)
+    return float(loss)
+
+
+def sequence_train_step(model, opt: Optimizer, X, Y, mask=None) -> float:
+    """One SGD step on whole sequences of a conv model (issue 14): X (B, L + block_size - 1),
+    Y (B, L), mask (B, L) bool (shared.stream.NameBatchStream); returns the mean loss over the
+    real targets. L is padded to a multiple of 4 (model._pad_length), and each new (B, L)
+    compiles once (names.txt: four). Raises ValueError (shared.checks.check_sequences) before any
+    state changes."""
+    X, Y, mask = _pad_length(*check_sequences(model.spec, X, Y, mask, train=True))
+    new_state, loss = opt.sequence_step(opt.state, X.astype(np.int32, copy=False),
+                                        Y.astype(np.int32, copy=False), mask, _counts(model, mask, True))
     opt.write_back(new_state)
     return float(loss)
 

@@ -135,6 +135,70 @@ class Linear(_Layer):
         return (d2 @ self.weight.T).reshape(*dout.shape[:-1], fan_in)
 
 
+# torch ships nn.Conv1d (weight (fan_out, fan_in, n)); here the taps sit side by side in one
+# (n * fan_in, fan_out) matrix, the hierarchical Linear's layout, and the convolution is one GEMM.
+class CausalConv1d(_Layer):
+    """Dilated causal convolution with n taps (van den Oord et al. 2016, WaveNet; lecture Part 5
+    at 47:44): (B, T, fan_in) -> (B, T - (n-1)*d, fan_out), squeezed to (B, fan_out) when one
+    position is left (as FlattenConsecutive).
+
+    out[:, t] = sum_j x[:, t + j*d] @ W[j*C:(j+1)*C] + b, j = 0..n-1: output t sits at its newest
+    input t + (n-1)*d and reads nothing after it (causal); no padding ("valid"). With n = 2 it is
+    FlattenConsecutive(2) then Linear(2C, fan_out) at every position instead of every other one:
+    tap 0 (W[:C]) takes the older position x_{t}, tap 1 (W[C:]) the newer x_{t+d}.
+
+    Forward: the n shifted views concatenated on the channel axis, (B, T_out, n*C), then one GEMM.
+    Backward: that GEMM's backward (as Linear: dW = xcat.T @ dout, dxcat = dout @ W.T), then each
+    tap's slice of dxcat added back at its shift: dx[:, j*d : j*d + T_out] += dxcat[..., j].
+    Raises ValueError for an input of fewer than (n-1)*d + 1 positions.
+    """
+
+    def __init__(self, fan_in: int, fan_out: int, n: int = 2, dilation: int = 1, bias: bool = False,
+                 dtype="float32"):
+        super().__init__()
+        self.n, self.dilation = n, dilation
+        self.weight = np.zeros((n * fan_in, fan_out), dtype=dtype)
+        self.bias = np.zeros(fan_out, dtype=dtype) if bias else None
+
+    def parameters(self):
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        B, T, C = x.shape
+        n, d = self.n, self.dilation
+        T_out = T - (n - 1) * d
+        if T_out < 1:
+            raise ValueError(f"CausalConv1d(n={n}, dilation={d}) needs at least {(n - 1) * d + 1} "
+                             f"positions, got {T}")
+        self.in_shape = x.shape
+        # (B, T_out, n*C): tap j of output t is x[:, t + j*d]
+        self.xcat = np.concatenate([x[:, j * d:j * d + T_out] for j in range(n)], axis=-1)
+        out = (self.xcat.reshape(-1, n * C) @ self.weight).reshape(B, T_out, -1)
+        if self.bias is not None:
+            out += self.bias
+        if T_out == 1:
+            out = out.reshape(B, -1)
+        self.out = out
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (B, T_out, fan_out) or (B, fan_out) -> dx (B, T, fan_in); fills grads weight
+        (n*fan_in, fan_out), bias."""
+        self.dout = dout
+        B, T, C = self.in_shape
+        n, d = self.n, self.dilation
+        T_out = T - (n - 1) * d
+        d2 = dout.reshape(-1, self.weight.shape[1])
+        np.matmul(self.xcat.reshape(-1, n * C).T, d2, out=self._grad("weight"))
+        if self.bias is not None:
+            np.sum(d2, axis=0, out=self._grad("bias"))
+        dxcat = (d2 @ self.weight.T).reshape(B, T_out, n, C)
+        dx = np.zeros(self.in_shape, dtype=dout.dtype)
+        for j in range(n):
+            dx[:, j * d:j * d + T_out] += dxcat[:, :, j]
+        return dx
+
+
 class BatchNorm1d(_Layer):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
@@ -150,8 +214,16 @@ class BatchNorm1d(_Layer):
         dx = inv_std / n * (n * dxhat - sum(dxhat) - (n / d) * xhat * sum(dxhat * xhat)),
     dxhat = gamma * dout, sums over the reduced axes. (The lecture's n/(n-1) is the d = n-1 case.)
 
+    Optional `counts` (x.shape[:-1], in train mode): a weight per node, for the whole-sequence path
+    of a conv model (shared.spec.window_counts: how many target windows use the node). The
+    statistics are then those of the nodes repeated `counts` times: mean = sum(w x) / n,
+    var = sum(w (x - mean)^2) / d, n = sum(w), d = n - 1 or n; and the backward becomes
+        dx = inv_std * (dxhat - (w / n) * sum(dxhat) - (w / d) * xhat * sum(dxhat * xhat))
+    (w = 1 everywhere gives the formula above).
+
     positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
-    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B.
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B. It does not
+    combine with `counts` (ValueError: the conv model has no fixed T).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
@@ -173,17 +245,27 @@ class BatchNorm1d(_Layer):
     def buffers(self):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+        self.counts = None
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
+            if counts is not None and self.positions:
+                raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
+                                 "do not combine with per-node weights (the whole-sequence path)")
             if self.positions:
                 dims = (0,)                   # pre-fix: statistics per position and channel
-            n = x.size // x.shape[-1] if not self.positions else x.shape[0]
+            if counts is None:
+                n = x.size // x.shape[-1] if not self.positions else x.shape[0]
+            else:   # weighted nodes (whole-sequence path): n is the sum of the weights
+                if counts.shape != x.shape[:-1]:
+                    raise ValueError(f"counts of shape {counts.shape} for input {x.shape}")
+                self.counts = w = counts.astype(x.dtype)[..., None]
+                n = w.sum()   # a scalar of x's dtype: float32 stays float32
             if n < 2:
                 raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
-            xmean = x.mean(dims)
+            xmean = x.mean(dims) if counts is None else (w * x).sum(dims) / n
             xc = x - xmean
-            sq = (xc * xc).sum(dims)
+            sq = (xc * xc).sum(dims) if counts is None else (w * xc * xc).sum(dims)
             var_biased, var_unbiased = sq / n, sq / (n - 1)   # Python int divisors keep the dtype
             self.d = n - 1 if self.convention == "lecture" else n
             xvar = var_unbiased if self.convention == "lecture" else var_biased
@@ -211,6 +293,11 @@ class BatchNorm1d(_Layer):
         dxhat = self.gamma * dout
         if not self.training:
             return dxhat * self.inv_std
+        if self.counts is not None:
+            w = self.counts
+            n = w.sum()
+            return self.inv_std * (dxhat - (w / n) * dxhat.sum(dims)
+                                   - (w / self.d) * xhat * (dxhat * xhat).sum(dims))
         n = dout.size // dout.shape[-1]
         if self.positions:
             dims, n = (0,), dout.shape[0]
@@ -251,16 +338,18 @@ class Dropout(_Layer):
 
 # Sequential runs the layers in order forward and in reverse order backward (autograd's job in torch/JAX).
 class Sequential(_Layer):
-    """Layers applied in order (index = canonical layer index); backward runs them in reverse.
+    """Layers applied in order; backward runs them in reverse. `ids` are the canonical layer
+    indices (ModelSpec.layer_ids; default the positions 0, 1, 2, ...), as torch's child names.
 
-    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at position i). It is not one of the
     indexed layers, so the layer indices, and with them the canonical names, do not move; it
     does something only in a forward given `masks`.
     """
 
-    def __init__(self, *layers: _Layer):
+    def __init__(self, *layers: _Layer, ids=None):
         super().__init__()
         self.layers = list(layers)
+        self.ids = list(range(len(layers))) if ids is None else list(ids)
         self.dropouts = {i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, Tanh)}
 
     def __getitem__(self, i: int) -> _Layer:
@@ -303,6 +392,6 @@ class Sequential(_Layer):
 
     def named_parameters(self):
         """Yield (canonical name, array) of the trainable parameters, layer order."""
-        for i, l in enumerate(self.layers):
+        for i, l in zip(self.ids, self.layers):
             for k, v in l.parameters().items():
                 yield f"{i}.{k}", v

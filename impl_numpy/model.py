@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.checks import check_masks, check_targets, check_token_ids
+from shared.checks import check_masks, check_sequences, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
-from shared.spec import ModelSpec
+from shared.spec import ModelSpec, window_counts
 
-from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 # numpy allocates placeholder arrays; torch and Flax modules initialise themselves (overwritten by load_params).
 def build_model(spec: ModelSpec) -> Sequential:
-    """A Sequential whose layer k is spec.layers[k], in the spec's dtype, in train mode.
+    """A Sequential whose layer k is spec.layers[k] (canonical index spec.layer_ids()[k]), in the
+    spec's dtype, in train mode.
 
     Its weights are zeros/ones placeholders: load canonical parameters with :func:`load_params`.
     """
@@ -28,6 +29,9 @@ def build_model(spec: ModelSpec) -> Sequential:
             layers.append(FlattenConsecutive(l.n))
         elif l.kind == "linear":
             layers.append(Linear(l.fan_in, l.fan_out, bias=l.bias, dtype=dt))
+        elif l.kind == "conv":
+            layers.append(CausalConv1d(l.fan_in, l.fan_out, n=l.n, dilation=l.dilation, bias=l.bias,
+                                       dtype=dt))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
                                       dtype=dt, positions=spec.bn_positions(i)))
@@ -35,15 +39,16 @@ def build_model(spec: ModelSpec) -> Sequential:
             layers.append(Tanh())
         else:
             raise ValueError(f"unknown layer kind {l.kind!r}")
-    model = Sequential(*layers).train()
+    model = Sequential(*layers, ids=spec.layer_ids()).train()
     model.spec = spec
     return model
 
 
 def _canonical(model: Sequential) -> dict[str, np.ndarray]:
-    # canonical name -> the layer's own array: numpy keeps Linear weights as (fan_in, fan_out),
-    # the canonical layout, so nothing is transposed (torch transposes).
-    sd = {f"{i}.{k}": v for i, l in enumerate(model) for k, v in (l.parameters() | l.buffers()).items()}
+    # canonical name -> the layer's own array: numpy keeps Linear weights as (fan_in, fan_out) and
+    # conv weights as (n * fan_in, fan_out), the canonical layouts, so nothing is transposed
+    # (torch transposes and permutes).
+    sd = {f"{i}.{k}": v for i, l in zip(model.ids, model) for k, v in (l.parameters() | l.buffers()).items()}
     return {name: sd[name] for name in param_shapes(model.spec)}
 
 
@@ -133,5 +138,66 @@ def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str
     masks = _masks(model, masks, len(X))
     loss, dlogits = cross_entropy(model(X, masks), Y)
     model.backward(dlogits)
-    grads = {f"{i}.{k}": g.copy() for i, l in enumerate(model) for k, g in l.grads.items()}
+    grads = {f"{i}.{k}": g.copy() for i, l in zip(model.ids, model) for k, g in l.grads.items()}
+    return loss, {k: grads[k] for k in param_shapes(model.spec, buffers=False)}
+
+
+# ---- whole sequences (conv models, issue 14): every position of a batch of names at once ----
+
+def _sequence_logits(model: Sequential, X: np.ndarray, counts: list) -> np.ndarray:
+    # the layers one by one, each BatchNorm1d with its node weights (counts[k], None in eval mode);
+    # logits (B, L, vocab) also when the last convolution squeezed L == 1 away
+    # (no dropout on this path: each Dropout is run without a mask, so its backward is the identity)
+    x = X
+    for i, (layer, c) in enumerate(zip(model, counts)):
+        x = layer(x) if c is None else layer(x, c.reshape(x.shape[:-1]))
+        if i in model.dropouts:
+            x = model.dropouts[i](x, None)
+    model.out = x
+    return x.reshape(len(X), X.shape[1] - model.spec.block_size + 1, -1)
+
+
+def sequence_forward(model: Sequential, X, train: bool = False, mask=None) -> np.ndarray:
+    """Logits (B, L, vocab_size) at every position of whole sequences X (B, L + block_size - 1) int
+    of a conv model (shared.stream.name_batch): position t is the model's output for the context
+    X[:, t:t + block_size]. Eval mode uses the running stats (mask not needed); train mode
+    weighs every BatchNorm1d node by the target windows of `mask` (B, L) bool that use it
+    (shared.spec.window_counts; default all True) and updates the running stats.
+
+    Raises ValueError (shared.checks.check_sequences) before any state changes.
+    """
+    X, _, mask = check_sequences(model.spec, X, None, mask, train=train)
+    model.train(train)
+    counts = window_counts(model.spec, mask) if train else [None] * len(model)
+    return _sequence_logits(model, X.astype(np.int64, copy=False), counts).copy()
+
+
+# torch: F.cross_entropy over the real targets + autograd; here the backward is written out.
+def sequence_cross_entropy(logits: np.ndarray, Y: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy over the real targets (mask True) of logits (B, L, V) against Y (B, L),
+    and dloss/dlogits (B, L, V), zero at the masked positions: cross_entropy of the selected rows.
+    Raises ValueError if Y or mask is not of shape (B, L)."""
+    if Y.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
+        raise ValueError(f"targets {Y.shape} and mask {mask.shape} must both be {logits.shape[:2]}")
+    loss, d = cross_entropy(logits[mask], Y[mask])
+    dlogits = np.zeros_like(logits)
+    dlogits[mask] = d
+    return loss, dlogits
+
+
+def sequence_loss_and_grads(model: Sequential, X, Y, mask=None) -> tuple[float, dict[str, np.ndarray]]:
+    """Masked mean cross-entropy of a train-mode sequence_forward (running stats updated) over the
+    real targets of whole sequences X (B, L + block_size - 1), Y (B, L), mask (B, L) bool (None:
+    all real), and the gradient of every trainable parameter under its canonical name and layout.
+
+    Equal to loss_and_grads of the hierarchical model on every window of those sequences
+    (docs/design.md, "Whole-sequence training"; tested). Raises ValueError
+    (shared.checks.check_sequences) before any state changes.
+    """
+    X, Y, mask = check_sequences(model.spec, X, Y, mask, train=True)
+    model.train(True)
+    logits = _sequence_logits(model, X.astype(np.int64, copy=False), window_counts(model.spec, mask))
+    loss, dlogits = sequence_cross_entropy(logits, Y.astype(np.int64, copy=False), mask)
+    model.backward(dlogits.reshape(model.out.shape))
+    grads = {f"{i}.{k}": g.copy() for i, l in zip(model.ids, model) for k, g in l.grads.items()}
     return loss, {k: grads[k] for k in param_shapes(model.spec, buffers=False)}

@@ -13,11 +13,13 @@ from threadpoolctl import ThreadpoolController
 
 from shared.stream import sample_tokens
 from shared.threads import step_threads
-from shared.checks import check_state
+from shared.checks import check_sequences, check_state
 from shared.config import ADAM_BETAS, ADAM_EPS, TrainConfig, lr_at
 from shared.params import is_decayed
+from shared.spec import window_counts
 
-from .model import _masks, _targets, _tokens, cross_entropy
+
+from .model import _masks, _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
 
 _EVAL_CHUNK = 8192  # rows per eval forward: the layers keep their activations, so bound the memory
 
@@ -84,7 +86,7 @@ class Optimizer:
 
     def __init__(self, model, cfg: TrainConfig):
         self.cfg, self.t = cfg, 0
-        self.params = {f"{i}.{k}": (l, k) for i, l in enumerate(model) for k in l.parameters()}
+        self.params = {f"{i}.{k}": (l, k) for i, l in zip(model.ids, model) for k in l.parameters()}
         adamw = cfg.optimizer == "adamw"
         self.exp_avg = {n: np.zeros_like(getattr(l, k)) for n, (l, k) in self.params.items()} if adamw else {}
         self.exp_avg_sq = {n: np.zeros_like(a) for n, a in self.exp_avg.items()}
@@ -149,6 +151,20 @@ def train_step(model, opt: Optimizer, X, Y, masks=None) -> float:
     with threads_for(len(X)):
         loss, dlogits = cross_entropy(model(X, masks), Y)
         model.backward(dlogits)
+        opt.step()
+    return loss
+
+
+def sequence_train_step(model, opt: Optimizer, X, Y, mask=None) -> float:
+    """One SGD step on whole sequences of a conv model (issue 14): X (B, L + block_size - 1),
+    Y (B, L), mask (B, L) bool (shared.stream.NameBatchStream); returns the mean loss over the
+    real targets. Raises ValueError (shared.checks.check_sequences) before any state changes."""
+    X, Y, mask = check_sequences(model.spec, X, Y, mask, train=True)
+    model.train()
+    with threads_for(int(mask.sum())):
+        logits = _sequence_logits(model, X.astype(np.int64, copy=False), window_counts(model.spec, mask))
+        loss, dlogits = sequence_cross_entropy(logits, Y.astype(np.int64, copy=False), mask)
+        model.backward(dlogits.reshape(model.out.shape))
         opt.step()
     return loss
 

@@ -6,7 +6,10 @@ wherever torch ships one (Embedding, Linear, Tanh) and the others are nn.Modules
 subclasses nn.Sequential to take the dropout masks).
 Shapes: B batch, T positions, C channels.
 """
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # torch ships Embedding: weight (vocab_size, n_embd), the canonical layout already.
@@ -39,8 +42,32 @@ class FlattenConsecutive(nn.Module):
 Linear = nn.Linear
 
 
+# torch ships Conv1d, with weight (fan_out, fan_in, n) and channels first: model.py permutes the
+# canonical (n * fan_in, fan_out) on load/export, and forward transposes (B, T, C) to (B, C, T).
+class CausalConv1d(nn.Conv1d):
+    """Dilated causal convolution with n taps (van den Oord et al. 2016, WaveNet; lecture Part 5
+    at 47:44): (B, T, fan_in) -> (B, T - (n-1)*d, fan_out), squeezed to (B, fan_out) when one
+    position is left (as FlattenConsecutive). nn.Conv1d(fan_in, fan_out, n, dilation=d), no
+    padding: output t reads x[:, t + j*d], j = 0..n-1 (tap 0 the oldest), nothing after its
+    newest input (causal). Raises ValueError for fewer than (n-1)*d + 1 positions."""
+
+    def __init__(self, fan_in: int, fan_out: int, n: int = 2, dilation: int = 1, bias: bool = False):
+        super().__init__(fan_in, fan_out, n, dilation=dilation, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (n,), (d,) = self.kernel_size, self.dilation
+        if x.shape[1] < (n - 1) * d + 1:
+            raise ValueError(f"CausalConv1d(n={n}, dilation={d}) needs at least {(n - 1) * d + 1} "
+                             f"positions, got {x.shape[1]}")
+        x = super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, T, C) -> (B, C, T) and back
+        if x.shape[1] == 1:
+            x = x.squeeze(1)
+        return x
+
+
 # torch ships nn.BatchNorm1d, but it wants channels in dim 1 and normalises with the biased
-# variance only: written out so every convention of the spec (docs/design.md) is one flag.
+# variance only: wrapped so every convention of the spec (docs/design.md) is one flag (its fused
+# kernel F.batch_norm where it applies, the formula written out for counts and per-position stats).
 class BatchNorm1d(nn.Module):
     """BatchNorm over every axis but the last: (B, C) or (B, T, C) -> same shape.
 
@@ -49,10 +76,18 @@ class BatchNorm1d(nn.Module):
     reduce over dims (0, 1)). Parameters gamma, beta (C,); buffers running_mean, running_var (C,).
     `convention` (docs/design.md): 'lecture' normalises with the unbiased variance and keeps it;
     'torch' normalises with the biased one, keeps the unbiased one (as nn.BatchNorm1d); 'flax' uses
-    the biased one for both. running = (1 - momentum) * running + momentum * batch.
+    the biased one for both. running = (1 - momentum) * running + momentum * batch. In train mode,
+    with mean and var over the batch: gamma * (x - mean) / sqrt(var + eps) + beta. The plain layer
+    (no counts, no positions) runs torch's fused F.batch_norm; the two variants below run the
+    formula written out (F.batch_norm has neither per-node weights nor (T, C) statistics).
+
+    Optional `counts` (x.shape[:-1], train mode): a weight per node for the whole-sequence path of
+    a conv model (shared.spec.window_counts): the statistics of the nodes repeated `counts`
+    times, n = sum(counts). autograd differentiates the weighted sums.
 
     positions > 0: the lecture's layer before its fix (BatchNormSpec.per_position): (B, T, C)
-    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B.
+    input with T = positions is reduced over dim 0 only, running stats (T, C), n = B. It does not
+    combine with `counts` (ValueError: the conv model has no fixed T).
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, convention: str = "lecture",
@@ -68,17 +103,32 @@ class BatchNorm1d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(stat))
         self.register_buffer("running_var", torch.ones(stat))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        if counts is not None and self.positions:
+            raise ValueError("BatchNorm1d: per-position statistics (BatchNormSpec.per_position) "
+                             "do not combine with per-node weights (the whole-sequence path)")
+        if counts is None and not self.positions:
+            return self._fused(x)
+        # the written-out formula: weighted nodes (counts) or per-position statistics
         if self.training:
             dims = tuple(range(x.ndim - 1))  # (0,) for (B, C), (0, 1) for (B, T, C)
             if self.positions:
                 dims = (0,)                   # pre-fix: statistics per position and channel
-            n = x.numel() // x.shape[-1] if not self.positions else x.shape[0]
+            if counts is not None:
+                n = float(counts.sum())
+            else:
+                n = x.numel() // x.shape[-1] if not self.positions else x.shape[0]
             if n < 2:
                 raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
-            xmean = x.mean(dims)
-            var_biased = x.var(dims, correction=0)
-            var_unbiased = x.var(dims, correction=1)
+            if counts is None:
+                xmean = x.mean(dims)
+                var_biased = x.var(dims, correction=0)
+                var_unbiased = x.var(dims, correction=1)
+            else:   # weighted nodes (whole-sequence path)
+                w = counts.to(x.dtype).unsqueeze(-1)
+                xmean = (w * x).sum(dims) / n
+                sq = (w * (x - xmean) ** 2).sum(dims)
+                var_biased, var_unbiased = sq / n, sq / (n - 1)
             xvar = var_unbiased if self.convention == "lecture" else var_biased
             with torch.no_grad():
                 m = self.momentum
@@ -89,6 +139,34 @@ class BatchNorm1d(nn.Module):
             xmean, xvar = self.running_mean, self.running_var
         xhat = (x - xmean) / torch.sqrt(xvar + self.eps)
         return self.gamma * xhat + self.beta
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        # F.batch_norm is torch's fused kernel (what nn.BatchNorm1d runs): one op forward and one
+        # backward, where the formula written out (mean, var, subtract, divide, ...) is about 10
+        # eager ops forward and 20 backward, and made a batch-32 step 1.5x slower (bench/README.md).
+        # It wants channels in dim 1: the (n, C) view, n = B or B*T, reduces over every axis but
+        # the last.
+        x2 = x.reshape(-1, x.shape[-1])
+        if not self.training:
+            y = F.batch_norm(x2, self.running_mean, self.running_var, self.gamma, self.beta,
+                             training=False, eps=self.eps)
+            return y.view(x.shape)
+        n = x2.shape[0]
+        if n < 2:
+            raise ValueError("BatchNorm1d in train mode needs at least 2 values per channel")
+        # F.batch_norm normalises with the biased variance var_b and keeps the unbiased one,
+        # var_u = c * var_b with c = n / (n - 1), in running_var: the 'torch' convention.
+        c = n / (n - 1)
+        gamma, eps, running_var = self.gamma, self.eps, self.running_var
+        if self.convention == "lecture":  # normalise with var_u: var_u + eps = c * (var_b + eps / c)
+            gamma, eps = self.gamma / math.sqrt(c), self.eps / c
+        if self.convention == "flax":  # keep var_b: the unbiased update of c * running_var, over c
+            running_var = self.running_var * c
+        y = F.batch_norm(x2, self.running_mean, running_var, gamma, self.beta,
+                         training=True, momentum=self.momentum, eps=eps)
+        if self.convention == "flax":  # (a copy: backward reads the tensor F.batch_norm was given)
+            self.running_var.copy_(running_var / c)
+        return y.view(x.shape)
 
     def extra_repr(self) -> str:
         return (f"{self.gamma.shape[0]}, eps={self.eps}, momentum={self.momentum}, convention={self.convention!r}"

@@ -2,22 +2,26 @@
 and gradients with numpy at the boundary (for parity tests and the shared driver)."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.checks import check_masks, check_targets, check_token_ids
+from shared.checks import check_masks, check_sequences, check_targets, check_token_ids
 from shared.params import check_params, param_shapes
-from shared.spec import ModelSpec
+from shared.spec import ModelSpec, window_counts
 
-from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 # torch.nn modules initialise themselves with torch's RNG; load_params overwrites them with the shared draws.
 def build_model(spec: ModelSpec) -> Sequential:
-    """An nn.Sequential whose child k is spec.layers[k], in the spec's dtype, in train mode.
+    """An nn.Sequential whose child k is spec.layers[k], named by its canonical index
+    (spec.layer_ids()[k], so the state_dict keys are the canonical names), in the spec's dtype, in
+    train mode.
 
     Its weights are torch's defaults: load canonical parameters with :func:`load_params`.
     """
@@ -30,6 +34,8 @@ def build_model(spec: ModelSpec) -> Sequential:
             layers.append(FlattenConsecutive(l.n))
         elif l.kind == "linear":
             layers.append(Linear(l.fan_in, l.fan_out, bias=l.bias))
+        elif l.kind == "conv":
+            layers.append(CausalConv1d(l.fan_in, l.fan_out, n=l.n, dilation=l.dilation, bias=l.bias))
         elif l.kind == "batchnorm":
             layers.append(BatchNorm1d(l.dim, eps=bn.eps, momentum=bn.momentum, convention=bn.convention,
                                       positions=spec.bn_positions(i)))
@@ -37,17 +43,40 @@ def build_model(spec: ModelSpec) -> Sequential:
             layers.append(Tanh())
         else:
             raise ValueError(f"unknown layer kind {l.kind!r}")
-    model = Sequential(*layers).to(DTYPES[spec.dtype])
+    model = Sequential(OrderedDict((str(i), m) for i, m in zip(spec.layer_ids(), layers)))
+    model = model.to(DTYPES[spec.dtype])
     model.spec = spec
     return model
 
 
-def _canonical(model: Sequential) -> dict[str, tuple[torch.Tensor, bool]]:
-    # canonical name -> (the module's own tensor, transposed?): the state_dict keys are the
-    # canonical names already, but torch keeps Linear weights as (fan_out, fan_in).
+def _canonical(model: Sequential) -> dict[str, tuple[torch.Tensor, str]]:
+    # canonical name -> (the module's own tensor, its layer kind): the state_dict keys are the
+    # canonical names already, but torch keeps Linear weights as (fan_out, fan_in) and Conv1d
+    # weights as (fan_out, fan_in, n)
     sd = model.state_dict(keep_vars=True)
-    return {name: (sd[name], model.spec.layers[int(name.split(".")[0])].kind == "linear"
-                   and name.endswith(".weight")) for name in param_shapes(model.spec)}
+    kinds = {str(i): l.kind for i, l in zip(model.spec.layer_ids(), model.spec.layers)}
+    return {name: (sd[name], kinds[name.split(".")[0]] if name.endswith(".weight") else "")
+            for name in param_shapes(model.spec)}
+
+
+def _to_torch(a: np.ndarray, kind: str, shape) -> np.ndarray:
+    # canonical layout -> torch's `shape`: Linear (fan_in, fan_out) -> (fan_out, fan_in); conv
+    # (n * fan_in, fan_out) with tap j in rows [j*C:(j+1)*C] -> (fan_out, fan_in, n)
+    if kind == "linear":
+        return a.T
+    if kind == "conv":
+        fan_out, fan_in, n = shape
+        return a.reshape(n, fan_in, fan_out).transpose(2, 1, 0)
+    return a
+
+
+def _from_torch(t: torch.Tensor, kind: str) -> torch.Tensor:
+    # torch's layout -> canonical (the inverse of _to_torch)
+    if kind == "linear":
+        return t.T
+    if kind == "conv":
+        return t.permute(2, 1, 0).reshape(-1, t.shape[0])   # (n, fan_in, fan_out) -> (n*fan_in, fan_out)
+    return t
 
 
 # torch copies into the Parameters and buffers under no_grad, transposing Linear weights.
@@ -58,14 +87,14 @@ def load_params(model: Sequential, params: dict[str, np.ndarray]) -> None:
     """
     check_params(model.spec, params)
     with torch.no_grad():
-        for name, (t, transposed) in _canonical(model).items():
-            t.copy_(torch.from_numpy(params[name].T if transposed else params[name]))
+        for name, (t, kind) in _canonical(model).items():
+            t.copy_(torch.from_numpy(_to_torch(params[name], kind, t.shape)))
 
 
 def export_params(model: Sequential) -> dict[str, np.ndarray]:
     """Canonical parameters (numpy copies), running stats included, in spec order."""
-    return {name: (t.T if transposed else t).detach().numpy().copy()
-            for name, (t, transposed) in _canonical(model).items()}
+    return {name: _from_torch(t, kind).detach().numpy().copy()
+            for name, (t, kind) in _canonical(model).items()}
 
 
 def _tokens(model: Sequential, X, train: bool = False) -> torch.Tensor:
@@ -133,5 +162,68 @@ def loss_and_grads(model: Sequential, X, Y, masks=None) -> tuple[float, dict[str
     masks = _masks(model, masks, len(X))
     loss = cross_entropy(model(X, masks), Y)
     loss.backward()
-    return loss.item(), {name: (t.grad.T if transposed else t.grad).numpy().copy()
-                         for name, (t, transposed) in _canonical(model).items() if t.grad is not None}
+    return loss.item(), _grads(model)
+
+
+def _grads(model: Sequential) -> dict[str, np.ndarray]:
+    # every .grad under its canonical name, in the canonical layout
+    return {name: _from_torch(t.grad, kind).numpy().copy()
+            for name, (t, kind) in _canonical(model).items() if t.grad is not None}
+
+
+# ---- whole sequences (conv models, issue 14): every position of a batch of names at once ----
+
+def _sequence_logits(model: Sequential, X: torch.Tensor, counts: list) -> torch.Tensor:
+    # the layers one by one, each BatchNorm1d with its node weights (counts[k], None in eval mode);
+    # logits (B, L, vocab) also when the last convolution squeezed L == 1 away
+    x = X
+    for layer, c in zip(model, counts):
+        x = layer(x) if c is None else layer(x, torch.from_numpy(c).reshape(x.shape[:-1]))
+    return x.reshape(len(X), X.shape[1] - model.spec.block_size + 1, -1)
+
+
+def sequence_forward(model: Sequential, X, train: bool = False, mask=None) -> np.ndarray:
+    """Logits (B, L, vocab_size) at every position of whole sequences X (B, L + block_size - 1) int
+    of a conv model (shared.stream.name_batch): position t is the model's output for the context
+    X[:, t:t + block_size]. Eval mode uses the running stats (mask not needed); train mode
+    weighs every BatchNorm1d node by the target windows of `mask` (B, L) bool that use it
+    (shared.spec.window_counts; default all True) and updates the running stats.
+
+    Raises ValueError (shared.checks.check_sequences) before any state changes.
+    """
+    X, _, mask = check_sequences(model.spec, X, None, mask, train=train)
+    model.train(train)
+    counts = window_counts(model.spec, mask) if train else [None] * len(model)
+    with torch.no_grad():
+        return _sequence_logits(model, torch.from_numpy(X.astype(np.int64, copy=False)), counts).numpy()
+
+
+def sequence_cross_entropy(logits: torch.Tensor, Y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the real targets (mask True) of logits (B, L, V) against Y (B, L)
+    int64: F.cross_entropy of the selected rows, a 0-d tensor on the autograd graph.
+    Raises ValueError if Y or mask is not of shape (B, L)."""
+    if Y.shape != logits.shape[:2] or mask.shape != logits.shape[:2]:
+        raise ValueError(f"targets {tuple(Y.shape)} and mask {tuple(mask.shape)} must both be "
+                         f"{tuple(logits.shape[:2])}")
+    return F.cross_entropy(logits[mask], Y[mask])
+
+
+def sequence_loss_and_grads(model: Sequential, X, Y, mask=None) -> tuple[float, dict[str, np.ndarray]]:
+    """Masked mean cross-entropy of a train-mode sequence_forward (running stats updated) over the
+    real targets of whole sequences X (B, L + block_size - 1), Y (B, L), mask (B, L) bool (None:
+    all real), and the gradient of every trainable parameter under its canonical name and layout.
+
+    Equal to loss_and_grads of the hierarchical model on every window of those sequences
+    (docs/design.md, "Whole-sequence training"; tested). Raises ValueError
+    (shared.checks.check_sequences) before any state changes.
+    """
+    X, Y, mask = check_sequences(model.spec, X, Y, mask, train=True)
+    model.train(True)
+    for p in model.parameters():
+        p.grad = None
+    logits = _sequence_logits(model, torch.from_numpy(X.astype(np.int64, copy=False)),
+                              window_counts(model.spec, mask))
+    loss = sequence_cross_entropy(logits, torch.from_numpy(Y.astype(np.int64, copy=False)),
+                                  torch.from_numpy(mask))
+    loss.backward()
+    return loss.item(), _grads(model)

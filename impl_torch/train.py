@@ -9,13 +9,15 @@ import contextlib
 import numpy as np
 import torch
 
-from shared.checks import check_state
+from shared.checks import check_sequences, check_state
 from shared.config import ADAM_BETAS, ADAM_EPS, TrainConfig, lr_at
 from shared.params import is_decayed
+from shared.spec import window_counts
 from shared.stream import sample_tokens
 from shared.threads import step_threads
 
-from .model import _canonical, _masks, _targets, _tokens, cross_entropy
+
+from .model import _canonical, _masks, _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
 
 
 @contextlib.contextmanager
@@ -132,8 +134,10 @@ def train_step(model, opt: Optimizer, X, Y, masks=None) -> float:
 
     `masks`: None, or this step's dropout masks (one per Tanh layer, each of its output's shape,
     shared.stream.DropoutStream.masks). Raises ValueError (token ids, target shape, a batch too
-    small for BatchNorm, masks) before any state changes."""
-    model.train()
+    small for BatchNorm, masks) before any state changes. Threads: threads_for (1 at batch <= 64
+    unless MAKEMORE_THREADS says otherwise)."""
+    if not model.training:  # model.train() sets every module's flag: ~50 us a step, 3% of it
+        model.train()
     X = _tokens(model, X, train=True)
     Y = _targets(model, Y, len(X))  # before the forward: a bad Y must not move the running stats
     masks = _masks(model, masks, len(X))
@@ -142,6 +146,22 @@ def train_step(model, opt: Optimizer, X, Y, masks=None) -> float:
         opt.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return loss.item()
+
+
+def sequence_train_step(model, opt: Optimizer, X, Y, mask=None) -> float:
+    """One SGD step on whole sequences of a conv model (issue 14): X (B, L + block_size - 1),
+    Y (B, L), mask (B, L) bool (shared.stream.NameBatchStream); returns the mean loss over the
+    real targets. Raises ValueError (shared.checks.check_sequences) before any state changes."""
+    X, Y, mask = check_sequences(model.spec, X, Y, mask, train=True)
+    model.train()
+    logits = _sequence_logits(model, torch.from_numpy(X.astype(np.int64, copy=False)),
+                              window_counts(model.spec, mask))
+    loss = sequence_cross_entropy(logits, torch.from_numpy(Y.astype(np.int64, copy=False)),
+                                  torch.from_numpy(mask))
+    opt.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
     return loss.item()
 
 

@@ -18,12 +18,14 @@ bench.json (one row per measurement, below), bench.md (the Markdown tables, also
 bench.png (steps/s per backend and path for every configuration, annotated with x floor).
 
 A training-step row: kind 'train_step', backend, path ('plain' = train_step per step, 'fast' =
-fast_train_steps), preset, batch_size, dtype, threads, steps_per_s, ms_per_step (the fastest
-round / steps per call), ms_per_step_median, flops_per_step, floor_ms, floor_ratio (ms_per_step
-over floor_ms), vs_torch_eager (torch plain's ms_per_step in the same configuration over this
-row's, same threads), matmul_gflops (the best float32 2048x2048 matmul rate measured in this run),
-first_call_s (first call: compilation for torch.compile and JAX), peak_rss_mb (of the backend),
-cores (CPU seconds per wall second of the measured rounds: the cores the row really used).
+fast_train_steps, 'bare loop' = the lecture's own eager torch loop, bench/torch_bare_loop.py),
+preset, batch_size, dtype, threads, steps_per_s, ms_per_step (the fastest round / steps per
+call), ms_per_step_median, flops_per_step, floor_ms, floor_ratio (ms_per_step over floor_ms),
+vs_bare_loop (the bare loop's ms_per_step in the same configuration and threads over this row's;
+also on 'step_gemms' rows), vs_torch_eager (the same with torch plain as the base), matmul_gflops
+(the best float32 2048x2048 matmul rate measured in this run), first_call_s (first call:
+compilation for torch.compile and JAX), peak_rss_mb (of the backend), cores (CPU seconds per wall
+second of the measured rounds: the cores the row really used).
 
 A 'step_gemms' row (bench/test_step_gemms.py) has the same fields, path 'gemms': the step's
 matmuls alone in the backend's library.
@@ -165,9 +167,15 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
             rows.append(row)
     eager = {(r["kind"], r["preset"], r["batch_size"], r["dtype"], r["threads"]): r["ms_per_step"]
              for r in rows if r["backend"] == "torch" and r["path"] == "plain"}
+    # the baseline of every training row (and of the GEMMs-alone rows beside them): the lecture's
+    # own eager loop (bench/torch_bare_loop.py) in the same configuration and threads
+    bare = {(r["preset"], r["batch_size"], r["dtype"], r["threads"]): r["ms_per_step"]
+            for r in rows if r["kind"] == "train_step" and r["path"] == "bare loop"}
     for r in rows:
         base = eager.get((r["kind"], r["preset"], r["batch_size"], r["dtype"], r["threads"]))
         r["vs_torch_eager"] = base / r["ms_per_step"] if base else None
+        base = bare.get((r["preset"], r["batch_size"], r["dtype"], r["threads"]))
+        r["vs_bare_loop"] = base / r["ms_per_step"] if base and r["kind"] in ("train_step", "step_gemms") else None
     order = {"train_step": 0, "step_gemms": 1, "evaluate": 2, "sample": 3}
     nthreads = lambda t: int(t) if str(t).isdigit() else 0  # noqa: E731  ('default' when run by hand)
     rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"],
@@ -189,10 +197,11 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
     tr = [r for r in rows if r["kind"] == "train_step"]
     parts[-1] += markdown_table(
         ["preset", "batch", "dtype", "backend", "path", "threads", "cores", "ms/step", "steps/s", "floor ms",
-         "x floor", "vs torch eager", "first call s"],
+         "x floor", "vs bare loop", "vs torch plain", "first call s"],
         [[r["preset"], r["batch_size"], r["dtype"], r["backend"], r["path"], r["threads"], _opt(r["cores"], ".2f"),
           f"{r['ms_per_step']:.3f}", f"{r['steps_per_s']:.0f}", f"{r['floor_ms']:.4f}",
-          f"{r['floor_ratio']:.1f}", _opt(r["vs_torch_eager"], ".2f"), f"{r['first_call_s']:.1f}"]
+          f"{r['floor_ratio']:.1f}", _opt(r.get("vs_bare_loop"), ".2f"), _opt(r["vs_torch_eager"], ".2f"),
+          f"{r['first_call_s']:.1f}"]
          for r in tr])
     gm = [r for r in rows if r["kind"] == "step_gemms"]
     if gm:
@@ -201,11 +210,11 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
         parts.append("## The step's GEMMs alone, in each backend's library (bench/test_step_gemms.py)\n"
                      + markdown_table(
                          ["preset", "batch", "dtype", "backend", "threads", "cores", "GEMM ms/step",
-                          "GFLOP/s", "x floor", "fast path / GEMMs"],
+                          "GFLOP/s", "x floor", "vs bare loop", "fast path / GEMMs"],
                          [[r["preset"], r["batch_size"], r["dtype"], r["backend"], r["threads"],
                            _opt(r["cores"], ".2f"),
                            f"{r['ms_per_step']:.3f}", f"{r['flops_per_step'] / r['ms_per_step'] / 1e6:.1f}",
-                           f"{r['floor_ratio']:.1f}",
+                           f"{r['floor_ratio']:.1f}", _opt(r.get("vs_bare_loop"), ".2f"),
                            _opt(fast[key(r)] / r["ms_per_step"] if key(r) in fast else None, ".2f")]
                           for r in gm]))
     ev = [r for r in rows if r["kind"] == "evaluate"]
@@ -232,8 +241,10 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
     parts.append("## Peak memory per backend (max RSS of its benchmark processes)\n" + markdown_table(
         ["backend", "peak RSS MB"], [[b, f"{v:.0f}"] for b, v in rss.items()]))
     parts.append("ms/step: fastest round / steps per call. x floor: ms/step over floor ms (matmul FLOPs "
-                 "of the step, shared/flops.py, at the best matmul rate). vs torch eager: torch plain's "
-                 "ms/step in the same configuration and threads over this row's (higher is faster). threads: "
+                 "of the step, shared/flops.py, at the best matmul rate). vs bare loop: the ms/step of "
+                 "torch's bare loop (the lecture's own eager loop, bench/torch_bare_loop.py: the baseline a user "
+                 "would otherwise run) in the same configuration and threads over this row's (higher is "
+                 "faster); vs torch plain: the same with torch's train_step as the base. threads: "
                  "the thread setting of the process (MAKEMORE_THREADS, OMP/MKL/OpenBLAS, XLA_FLAGS); cores: CPU seconds per wall second while it was measured. "
                  "GEMMs alone: the "
                  "same products as the step's Linear layers (forward, dW, dX) and nothing else; "
@@ -257,7 +268,7 @@ def plot(rows: list[dict], path: Path) -> Path:
         rs = [r for r in tr if (r["preset"], r["batch_size"], r["dtype"]) == cfg]
         labels = [f"{r['backend']}\n{r['path']}" for r in rs]
         bars = ax.bar(range(len(rs)), [r["steps_per_s"] for r in rs],
-                      color=["C0" if r["path"] == "plain" else "C1" for r in rs])
+                      color=[{"plain": "C0", "bare loop": "C2"}.get(r["path"], "C1") for r in rs])
         for b, r in zip(bars, rs):
             ax.annotate(f"{r['floor_ratio']:.1f}x", (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=8)

@@ -61,7 +61,8 @@ def _common(p: argparse.ArgumentParser, defaults: bool, steps: int = 200_000) ->
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)  # noqa: E731
     p.add_argument("--preset", default=d("wavenet"), choices=list(PRESETS), help="model preset (default wavenet)")
     p.add_argument("--steps", type=int, default=d(steps), help=f"optimizer steps (default {steps})")
-    p.add_argument("--batch-size", type=int, default=d(32), help="minibatch size (default 32)")
+    p.add_argument("--batch-size", type=int, default=d(32),
+                   help="minibatch size (default 32): contexts, or whole names for wavenet-conv")
     p.add_argument("--seed", type=int, default=d(42), help="run seed: weights, batches, samples (default 42)")
     p.add_argument("--dtype", default=d("float32"), choices=DTYPES, help="parameter and activation dtype (default float32)")
     p.add_argument("--bn", default=d("lecture"), choices=BN_CONVENTIONS, help="BatchNorm convention (docs/design.md): lecture = unbiased variance (default), "

@@ -97,11 +97,13 @@ CHAPTERS = {
 }
 # concept -> where it comes from: chapter keys, or ("project", path, what) for what the lecture
 # does not have. A concept without an entry shows "no lecture reference yet" (a test asks for one).
+_SEQ = ("project", "docs/design.md", "Whole-sequence training (the convolutional WaveNet, issue 14)")
 LECTURE: dict[str, tuple] = {
     MODULE: (),
     "Embedding": ("p2-embedding", "p4-ex1", "p5-pytorchify", "p5-torch-nn"),
     "FlattenConsecutive": ("p5-wavenet",),
     "Linear": ("p2-hidden", "p3-pytorchify", "p4-ex1", "p5-torch-nn"),
+    "CausalConv1d": ("p5-dilated",),
     "BatchNorm1d": ("p3-batchnorm", "p4-bessel", "p4-ex3", "p5-bn-bug"),
     "Tanh": ("p2-hidden", "p3-pytorchify", "p4-ex1"),
     "Dropout": (("project", "shared/stream.py", "DropoutStream: the same masks for every backend "
@@ -120,9 +122,14 @@ LECTURE: dict[str, tuple] = {
     "layer_outputs": ("p3-pytorchify", "p3-visualise"),
     "cross_entropy": ("p2-cross-entropy", "p4-ex2"),
     "loss_and_grads": ("p4-ex1", "p4-ex4"),
+    "_sequence_logits": ("p5-dilated", _SEQ),
+    "sequence_forward": ("p5-dilated", _SEQ),
+    "sequence_cross_entropy": ("p2-cross-entropy", _SEQ),
+    "sequence_loss_and_grads": ("p5-dilated", _SEQ),
     "threads_for": (("project", "shared/threads.py", "thread policy for the numpy and torch steps"),),
     "Optimizer": ("p2-training",),
     "train_step": ("p2-training", "p4-ex4"),
+    "sequence_train_step": ("p5-dilated", _SEQ),
     "evaluate": ("p2-splits",),
     "sample": ("p2-sampling",),
     "_CACHE": (("project", "docs/design.md", "Layout: the fast step cached per optimizer in fast.py's _CACHE"),),

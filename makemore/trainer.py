@@ -20,7 +20,8 @@ from shared.params import init_params, num_params
 from .registry import get_backend
 from shared.config import TrainConfig
 from shared.spec import ModelSpec
-from shared.stream import BatchStream, DropoutStream, dropout_shapes, sampling_uniforms, seed_streams
+from shared.stream import (BatchStream, DropoutStream, NameBatchStream, dropout_shapes, name_batch,
+                           sampling_uniforms, seed_streams)
 
 
 FAST_CHUNK = 100  # steps per fast_train_steps call; chunks start at multiples of it, resumed or not
@@ -145,6 +146,12 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             with a checkpoint at that step (TrainingInterrupted).
         on_warning: optional callable(message) for warnings while training (default: none are
             printed; they are kept in RunResult.warnings and metrics.json either way).
+
+    A convolutional spec (wavenet-conv) trains on whole names instead, every position at once
+    (issue 14): each step is `sequence_train_step` on cfg.batch_size names of the training split
+    from shared.stream.NameBatchStream (masked past each name's end), and its loss is the mean
+    over the batch's real targets (about 7 per name). SGD or AdamW, either schedule, and resume
+    work as for the other presets; no fast path and no dropout yet (ValueError).
     Returns:
         RunResult (losses (steps,) float64, wall seconds of this process's step loop, final eval
         losses, samples, warnings).
@@ -165,6 +172,10 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     B = get_backend(backend)
     if fast and not hasattr(B, "fast_train_steps"):
         raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
+    if spec.convolutional and (fast or cfg.dropout):
+        raise ValueError(f"preset {spec.name!r} trains on whole names and has no fast path yet; run without --fast"
+                         if fast else f"preset {spec.name!r} trains on whole names and does not support "
+                         "--dropout yet; run without it")
     ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
     losses = np.empty(cfg.steps, dtype=np.float64)
     start, opt_state = 0, None
@@ -202,6 +213,14 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     rows = iter(BatchStream(cfg.seed, len(Xtr), cfg.batch_size, start=start))  # drawn as needed
     drops = (DropoutStream(cfg.seed, cfg.dropout, dropout_shapes(spec, cfg.batch_size), spec.dtype)
              if cfg.dropout else None)   # step i's masks, for every backend the same
+    names = None
+    if spec.convolutional:  # whole names, every position at once (issue 14)
+        stream = NameBatchStream(cfg.seed, [data.vocab.encode(w) for w in data.words[0]],
+                                 cfg.batch_size, spec.block_size)
+        batches = stream.indices()
+        for _ in range(start):   # a resumed run continues the stream where it stopped
+            next(batches)
+        names = (name_batch([stream.names[j] for j in ix], spec.block_size) for ix in batches)
     t0 = time.perf_counter()
     i = start
     try:
@@ -209,11 +228,14 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(i, save(i) if ckpt is not None else None)
             k = min(chunk - i % chunk, cfg.steps - i)  # chunk boundaries do not move on a resume
-            ix = np.stack([next(rows) for _ in range(k)])
-            if fast:
+            if names is not None:
+                got = np.array([B.sequence_train_step(model, opt, *next(names))], dtype=np.float64)
+            elif fast:
+                ix = np.stack([next(rows) for _ in range(k)])
                 masks = {"masks": drops.take(i, k)} if drops else {}   # no dropout: the lecture's call
                 got = np.asarray(B.fast_train_steps(model, opt, Xtr[ix], Ytr[ix], **masks), dtype=np.float64)
             else:
+                ix = np.stack([next(rows) for _ in range(k)])
                 masks = {"masks": drops.masks(i)} if drops else {}
                 got = np.array([B.train_step(model, opt, Xtr[ix[0]], Ytr[ix[0]], **masks)], dtype=np.float64)
             bad = np.flatnonzero(~np.isfinite(got))

@@ -39,7 +39,8 @@ class Backend(Protocol):
 
     Errors every backend raises: ValueError for token ids outside [0, vocab_size), contexts not
     of shape (B, block_size), targets not of shape (B,), a train-mode batch too small for
-    BatchNorm (fewer than 2 values per channel); shared.params.ParamError for parameters that do
+    BatchNorm (fewer than 2 values per channel), sequence_* calls on a model without convolution
+    or with ill-shaped sequences, targets or mask (shared.checks.check_sequences); shared.params.ParamError for parameters that do
     not fit the spec; shared.checks.Float64Unavailable for a float64 model the framework cannot
     give.
     """
@@ -72,6 +73,23 @@ class Backend(Protocol):
         dropout mask per Tanh layer, of its output's shape (shared.stream.DropoutStream.masks;
         checked by shared.checks.check_masks), multiplying that Tanh's output."""
 
+    def sequence_forward(self, model: Model, X: np.ndarray, train: bool = False,
+                         mask: np.ndarray | None = None) -> np.ndarray:
+        """Conv models only (issue 14): logits (B, L, vocab_size) at every position of whole
+        sequences X (B, L + block_size - 1) (shared.stream.name_batch); train mode weighs each
+        BatchNorm1d node by the windows of mask (B, L) bool that use it
+        (shared.spec.window_counts) and updates the running stats."""
+
+    def sequence_cross_entropy(self, logits, Y, mask):
+        """Mean cross-entropy of logits (B, L, V) over the real targets (mask True) of Y (B, L),
+        in the framework's own arrays (numpy also returns dloss/dlogits)."""
+
+    def sequence_loss_and_grads(self, model: Model, X: np.ndarray, Y: np.ndarray,
+                                mask: np.ndarray | None = None) -> tuple[float, dict[str, np.ndarray]]:
+        """Masked loss of a train-mode sequence_forward and the gradient of every trainable
+        parameter by canonical name: equal to loss_and_grads of the hierarchical model on every
+        window of the sequences."""
+
     def Optimizer(self, model: Model, cfg: TrainConfig) -> Optimizer:
         """The framework's optimizer over the model's trainable parameters, following cfg:
         SGD or AdamW (decay on shared.params.is_decayed parameters only), on lr_at's schedule.
@@ -82,6 +100,11 @@ class Backend(Protocol):
                    masks: list[np.ndarray] | None = None) -> float:
         """One optimisation step on X (B, block_size), Y (B,) with this step's dropout masks
         (as loss_and_grads); returns the minibatch loss."""
+
+    def sequence_train_step(self, model: Model, opt: Optimizer, X: np.ndarray, Y: np.ndarray,
+                            mask: np.ndarray | None = None) -> float:
+        """One optimisation step of a conv model on whole sequences X (B, L + block_size - 1),
+        Y (B, L), mask (B, L) bool (shared.stream.NameBatchStream); returns the masked mean loss."""
 
     def evaluate(self, model: Model, X: np.ndarray, Y: np.ndarray) -> float:
         """Mean cross-entropy over a whole split in eval mode (the lecture's split_loss)."""

@@ -34,6 +34,9 @@ def check_step_batches(spec, Xs, Ys) -> tuple[np.ndarray, np.ndarray]:
     changes anything: Xs (k, B, block_size) and Ys (k, B) token ids inside spec's vocab, and B
     large enough for a train-mode step (spec.check_train_batch: BatchNorm needs 2 values per
     channel). Raises ValueError saying which."""
+    if any(l.kind == "conv" for l in spec.layers):
+        raise ValueError(f"spec {spec.name!r} is convolutional: there is no fast path for it yet; "
+                         "train without --fast (sequence_train_step)")
     Xs, Ys = np.asarray(Xs), np.asarray(Ys)
     if Xs.ndim != 3 or Ys.shape != Xs.shape[:2]:
         raise ValueError(f"need Xs (k, B, block_size) and Ys (k, B); got {Xs.shape} and {Ys.shape}")
@@ -41,6 +44,47 @@ def check_step_batches(spec, Xs, Ys) -> tuple[np.ndarray, np.ndarray]:
     check_token_ids(Xs, spec.vocab_size, spec.block_size)
     check_token_ids(Ys, spec.vocab_size)
     return Xs, Ys
+
+
+def check_sequences(spec, X, Y=None, mask=None, train: bool = False):
+    """(X, Y, mask) as arrays, after the checks every backend's sequence_* function needs before it
+    changes anything (issue 14): spec is convolutional; X (B, L + block_size - 1) token ids; with Y,
+    Y (B, L) ids and mask (B, L) bool (None: every target is real); in train mode at least 2 real
+    targets (the last BatchNorm1d averages over one node per target and needs 2 values per
+    channel). Returns mask as a bool array (B, L), all True when given as None; Y stays None if
+    not given.
+
+    Raises:
+        ValueError: saying which (a non-convolutional spec, shapes, ids outside the vocab, a mask
+            that is not boolean, too few targets).
+    """
+    if not spec.convolutional:
+        raise ValueError(f"spec {spec.name!r} has no convolution: the sequence_* functions need a "
+                         "conv model (shared.spec.conv_spec, preset wavenet-conv); use train_step")
+    X = np.asarray(X)
+    T = spec.block_size
+    if X.ndim != 2 or X.shape[1] < T:
+        raise ValueError(f"sequences must have shape (B, L + {T - 1}) with L >= 1 (block_size {T}: "
+                         f"{T - 1} tokens of left context more than targets), got {X.shape}")
+    check_token_ids(X, spec.vocab_size)
+    L = X.shape[1] - T + 1
+    if Y is not None:
+        Y = np.asarray(Y)
+        if Y.shape != (len(X), L):
+            raise ValueError(f"targets have shape {Y.shape}; sequences {X.shape} need one per "
+                             f"position, shape ({len(X)}, {L})")
+        check_token_ids(Y, spec.vocab_size)
+    if mask is None:
+        mask = np.ones((len(X), L), dtype=bool)
+    else:
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != (len(X), L):
+            raise ValueError(f"mask must be a bool array of shape ({len(X)}, {L}), got "
+                             f"{mask.dtype} {mask.shape}")
+    if train and int(mask.sum()) < 2:
+        raise ValueError(f"{int(mask.sum())} real target(s): a train-mode step needs at least 2 for "
+                         "BatchNorm1d (2 values per channel); use more or longer names")
+    return X, Y, mask
 
 
 def check_masks(spec, masks, batch_size: int, k: int | None = None) -> list[np.ndarray] | None:

@@ -1,11 +1,15 @@
 """Canonical parameters: names, shapes, the lecture's initialisation, validation.
 
-Names follow the layer index and the lecture's field names: `0.weight` (embedding,
-(vocab_size, n_embd)), `k.weight` for Linear in (fan_in, fan_out) layout, `k.bias`, `k.gamma`,
-`k.beta`, `k.running_mean`, `k.running_var` (shape (C,); (T, C) for the lecture's pre-fix
-per-position BatchNorm on 3-D input, ModelSpec.bn_positions).
+Names follow the layer index (ModelSpec.layer_ids: the position, a conv layer taking the index of
+the Linear it stands for) and the lecture's field names: `0.weight` (embedding,
+(vocab_size, n_embd)), `k.weight` for Linear in (fan_in, fan_out) layout, `k.weight` of a conv layer
+with n taps in (n * fan_in, fan_out) layout (the hierarchical Linear's: rows [j*C:(j+1)*C] are tap
+j, tap 0 the oldest position, as FlattenConsecutive concatenates (x_{t-d}, x_t)), `k.bias`,
+`k.gamma`, `k.beta`, `k.running_mean`, `k.running_var` (shape (C,); (T, C) for the lecture's
+pre-fix per-position BatchNorm on 3-D input, ModelSpec.bn_positions).
 Initialisation as in makemore_part5_cnn1.ipynb: embedding randn; Linear randn / sqrt(fan_in), bias
-zero; the last Linear's weight x0.1; gamma 1, beta 0, running_mean 0, running_var 1.
+zero (a conv layer as the Linear it stands for); the last Linear's weight x0.1; gamma 1, beta 0,
+running_mean 0, running_var 1.
 """
 from __future__ import annotations
 
@@ -23,11 +27,11 @@ class ParamError(ValueError):
 def param_shapes(spec: ModelSpec, buffers: bool = True) -> dict[str, tuple[int, ...]]:
     """Ordered {canonical name: shape}; with `buffers`, BatchNorm running stats are included."""
     out: dict[str, tuple[int, ...]] = {}
-    for i, l in enumerate(spec.layers):
+    for i, l in zip(spec.layer_ids(), spec.layers):
         if l.kind == "embedding":
             out[f"{i}.weight"] = (l.num, l.dim)
-        elif l.kind == "linear":
-            out[f"{i}.weight"] = (l.fan_in, l.fan_out)
+        elif l.kind in ("linear", "conv"):
+            out[f"{i}.weight"] = (l.n * l.fan_in if l.kind == "conv" else l.fan_in, l.fan_out)
             if l.bias:
                 out[f"{i}.bias"] = (l.fan_out,)
         elif l.kind == "batchnorm":
@@ -68,13 +72,15 @@ def init_params(spec: ModelSpec, seed: int | np.random.Generator = 0) -> dict[st
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     dtype = np.dtype(spec.dtype)
-    last_linear = max(i for i, l in enumerate(spec.layers) if l.kind == "linear")
+    ids = spec.layer_ids()
+    last_linear = max(i for i, l in zip(ids, spec.layers) if l.kind == "linear")
     out: dict[str, np.ndarray] = {}
-    for i, l in enumerate(spec.layers):
+    for i, l in zip(ids, spec.layers):
         if l.kind == "embedding":
             out[f"{i}.weight"] = rng.standard_normal((l.num, l.dim))
-        elif l.kind == "linear":
-            w = rng.standard_normal((l.fan_in, l.fan_out)) / l.fan_in ** 0.5
+        elif l.kind in ("linear", "conv"):
+            fan_in = l.n * l.fan_in if l.kind == "conv" else l.fan_in   # a conv: its Linear's fan_in
+            w = rng.standard_normal((fan_in, l.fan_out)) / fan_in ** 0.5
             if i == last_linear:
                 w = w * spec.last_layer_scale
             out[f"{i}.weight"] = w

@@ -3,12 +3,17 @@
 Source: Karpathy, "Building makemore Part 5: Building a WaveNet" (makemore_part5_cnn1.ipynb):
 the performance log at the end of the lecture (original 3-char MLP 12k params, context 8 22k,
 hierarchical 22k, scaled-up hierarchical 76k) and its layer classes (Embedding,
-FlattenConsecutive, Linear, BatchNorm1d, Tanh, Sequential). WaveNet: van den Oord et al. 2016.
+FlattenConsecutive, Linear, BatchNorm1d, Tanh, Sequential). WaveNet: van den Oord et al. 2016,
+"WaveNet: A Generative Model for Raw Audio" (dilated causal convolutions); the lecture names it the
+efficient version of its hierarchical model at 47:44 ("convolutions") and leaves it for later:
+`conv_spec` and the `wavenet-conv` preset are that version (issue 14).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
 
 DTYPES = ("float32", "float64")
 BN_CONVENTIONS = ("lecture", "torch", "flax")
@@ -16,10 +21,12 @@ BN_CONVENTIONS = ("lecture", "torch", "flax")
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One layer. `kind` is one of embedding, flatten, linear, batchnorm, tanh.
+    """One layer. `kind` is one of embedding, flatten, linear, conv, batchnorm, tanh.
 
     Fields used per kind: embedding (num, dim), flatten (n: merge n consecutive positions),
-    linear (fan_in, fan_out, bias), batchnorm (dim), tanh (none).
+    linear (fan_in, fan_out, bias), conv (fan_in channels, fan_out channels, n taps (kernel size),
+    dilation, bias: a dilated causal convolution, CausalConv1d; weight (n * fan_in, fan_out)),
+    batchnorm (dim), tanh (none).
     """
     kind: str
     num: int = 0
@@ -28,6 +35,7 @@ class LayerSpec:
     fan_in: int = 0
     fan_out: int = 0
     bias: bool = True
+    dilation: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,8 +102,20 @@ class ModelSpec:
                     raise ValueError(f"spec {self.name!r}: layer {i} FlattenConsecutive({l.n}) does "
                                      f"not divide the {T} positions left")
                 T //= l.n
+            elif l.kind == "conv":
+                if l.n < 2 or l.dilation < 1:
+                    raise ValueError(f"spec {self.name!r}: layer {i} conv needs n >= 2 taps and "
+                                     f"dilation >= 1, got n={l.n}, dilation={l.dilation}")
+                if T - (l.n - 1) * l.dilation < 1:
+                    raise ValueError(f"spec {self.name!r}: layer {i} conv (n={l.n}, dilation="
+                                     f"{l.dilation}) reaches past the {T} positions left")
+                T -= (l.n - 1) * l.dilation
+        if self.batchnorm.per_position and any(l.kind == "conv" for l in L):
+            raise ValueError(f"spec {self.name!r}: the per-position BatchNorm (BatchNormSpec.per_position, "
+                             "--bn-per-position) needs a fixed number of positions per layer; conv "
+                             "models (wavenet-conv) do not support it yet")
         if T != 1:
-            raise ValueError(f"spec {self.name!r}: the flatten layers leave {T} positions of "
+            raise ValueError(f"spec {self.name!r}: the flatten and conv layers leave {T} positions of "
                              f"block_size {self.block_size}; they must merge all of them")
 
     def check_train_batch(self, batch_size: int) -> None:
@@ -112,10 +132,33 @@ class ModelSpec:
         for i, l in enumerate(self.layers):
             if l.kind == "flatten":
                 T //= l.n
+            elif l.kind == "conv":
+                T -= (l.n - 1) * l.dilation
             elif l.kind == "batchnorm" and batch_size * T < 2:
                 raise ValueError(f"batch size {batch_size}: BatchNorm1d (layer {i}) needs at least 2 "
                                  f"values per channel in train mode and would get {batch_size * T}; use "
                                  "a batch size of 2 or more (the lecture uses 32)")
+
+    @property
+    def convolutional(self) -> bool:
+        """True for a model of CausalConv1d layers and no FlattenConsecutive (conv_spec): it also
+        trains on whole names at once (the backends' sequence_* functions)."""
+        kinds = {l.kind for l in self.layers}
+        return "conv" in kinds and "flatten" not in kinds
+
+    def layer_ids(self) -> tuple[int, ...]:
+        """The canonical index of every layer (the k of `k.weight`, `k.gamma`): its position in
+        `layers`, where a conv layer counts as the two layers it stands for, FlattenConsecutive
+        then Linear, and takes the Linear's index. So a conv model made by conv_spec has the
+        hierarchical model's parameter names (wavenet-conv: 2.weight, 3.gamma, ..., 13.bias, as
+        wavenet) and a checkpoint of one loads into the other. Without conv layers the ids are
+        0, 1, 2, ... (the position)."""
+        ids, k = [], 0
+        for l in self.layers:
+            k += l.kind == "conv"   # the FlattenConsecutive slot the convolution absorbs
+            ids.append(k)
+            k += 1
+        return tuple(ids)
 
     def bn_positions(self, i: int) -> int:
         """T of the per-position BatchNorm1d at layer i (BatchNormSpec.per_position and a 3-D
@@ -176,6 +219,79 @@ def wavenet_spec(vocab_size: int = 27, block_size: int = 8, n_embd: int = 24, n_
     return ModelSpec(name, vocab_size, block_size, n_embd, n_hidden, tuple(layers), **kw)
 
 
+def conv_spec(spec: ModelSpec, name: str | None = None) -> ModelSpec:
+    """The dilated causal convolution model equal to a hierarchical spec (issue 14; lecture Part 5
+    at 47:44; van den Oord et al. 2016, Fig. 3).
+
+    Every FlattenConsecutive(n) followed by Linear(n*C, H) becomes CausalConv1d(C, H, n taps,
+    dilation = the product of the earlier n's): for wavenet, kernel 2 and dilations 1, 2, 4. The
+    convolution computes the Linear at every position instead of every n-th one, so a sequence of
+    L + block_size - 1 tokens gives L outputs, each the hierarchical model's output for the
+    block_size tokens that end there. Same sizes, BatchNorm spec and canonical parameter names
+    (ModelSpec.layer_ids) and the same initial parameters (init_params draws the same arrays).
+
+    Raises:
+        ValueError: a FlattenConsecutive not followed by a Linear whose fan_in it divides.
+    """
+    layers, dilation, L = [], 1, spec.layers
+    i = 0
+    while i < len(L):
+        l = L[i]
+        if l.kind == "flatten":
+            nxt = L[i + 1] if i + 1 < len(L) else None
+            if nxt is None or nxt.kind != "linear" or nxt.fan_in % l.n:
+                raise ValueError(f"spec {spec.name!r}: layer {i} FlattenConsecutive({l.n}) must be "
+                                 "followed by a Linear over the merged positions to become a convolution")
+            layers.append(LayerSpec("conv", n=l.n, fan_in=nxt.fan_in // l.n, fan_out=nxt.fan_out,
+                                    bias=nxt.bias, dilation=dilation))
+            dilation *= l.n
+            i += 2
+        else:
+            layers.append(l)
+            i += 1
+    return replace(spec, name=name or f"{spec.name}-conv", layers=tuple(layers))
+
+
+def window_counts(spec: ModelSpec, mask) -> list:
+    """How many target windows use each position of every BatchNorm1d input of a conv model, for a
+    batch of whole sequences with target mask `mask` (B, L) bool: the per-node weights of the
+    sequence path's BatchNorm statistics.
+
+    A target t has the hierarchical model's tree of nodes below it (Part 5's FlattenConsecutive
+    tree: 4, 2, 1 nodes for wavenet); the convolution computes every node once, and a node shared
+    by k windows counts k times, so a train-mode step on whole names has the batch statistics of
+    the hierarchical model on all their windows (docs/design.md, "Whole-sequence training").
+    Counts go down from the mask: below a conv with n taps and dilation d, input position p
+    gets sum_j count[p - j*d] (j = 0..n-1).
+
+    Returns:
+        one entry per layer: a (B, T) float64 array for each BatchNorm1d layer (T = positions of
+        its input), None for the other layers.
+    Raises:
+        ValueError: the spec has FlattenConsecutive layers (sequences need a conv model) or mask
+            is not 2-D.
+    """
+    if not spec.convolutional:
+        raise ValueError(f"spec {spec.name!r} flattens positions; whole-sequence training needs a "
+                         "convolutional spec (conv_spec, preset wavenet-conv)")
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (B, L), got shape {mask.shape}")
+    c = mask.astype(np.float64)
+    out: list = [None] * len(spec.layers)
+    for i in reversed(range(len(spec.layers))):
+        l = spec.layers[i]
+        if l.kind == "batchnorm":
+            out[i] = c
+        elif l.kind == "conv":
+            B, T = c.shape
+            below = np.zeros((B, T + (l.n - 1) * l.dilation))
+            for j in range(l.n):   # tap j of output t reads input t + j*d
+                below[:, j * l.dilation:j * l.dilation + T] += c
+            c = below
+    return out
+
+
 # Each preset takes n_embd / n_hidden overrides (the sizes a sweep searches; get_spec).
 PRESETS = {
     "mlp": lambda n_embd=10, n_hidden=200, **kw: mlp_spec(block_size=3, n_embd=n_embd, n_hidden=n_hidden,
@@ -186,6 +302,8 @@ PRESETS = {
                                                                      n_hidden=n_hidden, name="wavenet-22k", **kw),
     "wavenet": lambda n_embd=24, n_hidden=128, **kw: wavenet_spec(block_size=8, n_embd=n_embd,
                                                                   n_hidden=n_hidden, name="wavenet", **kw),
+    "wavenet-conv": lambda n_embd=24, n_hidden=128, **kw: conv_spec(
+        wavenet_spec(block_size=8, n_embd=n_embd, n_hidden=n_hidden, **kw), name="wavenet-conv"),
 }
 
 

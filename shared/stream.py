@@ -4,8 +4,9 @@ dropout masks.
 Determinism contract (docs/design.md): all randomness comes from numpy Generators seeded by the run
 seed, so every backend sees the same initial weights, the same minibatches, the same dropout masks
 and the same sampling uniforms. `np.random.SeedSequence(seed).spawn(4)` gives four independent
-streams: [0] initial parameters, [1] minibatch indices, [2] sampling, [3] dropout masks (the
-first three are those of `spawn(3)`: adding the fourth changed no earlier run).
+streams: [0] initial parameters, [1] minibatch indices (BatchStream, or NameBatchStream for the
+whole-sequence path of a conv model), [2] sampling, [3] dropout masks (the first three are those
+of `spawn(3)`: adding the fourth changed no earlier run).
 """
 from __future__ import annotations
 
@@ -64,6 +65,93 @@ class BatchStream:
             if have >= steps:
                 break
         return np.concatenate(out)[:steps] if steps else np.zeros((0, self.batch_size), np.int64)
+
+
+POOL = 1  # batches per length-sorted pool of NameBatchStream (1: random batches); part of the stream
+
+
+def name_batch(names, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whole names as one batch for the sequence path of a conv model (issue 14).
+
+    Name i (token ids of its letters, no end token) becomes the input block_size zeros + name: the
+    lecture's build_dataset contexts, so output position t of the convolution sees exactly the
+    block_size tokens of context t, and its targets are the name then the end token 0. Rows are
+    padded on the right with token 0 to the longest name; the mask marks the real targets.
+
+    Arguments:
+        names: a non-empty sequence of token-id sequences (ints), e.g. Vocab.encode(word).
+    Returns:
+        X (B, L + block_size - 1) int64, Y (B, L) int64, mask (B, L) bool, with L = the longest
+        name + 1; row i has len(name_i) + 1 True entries, then False.
+    Raises:
+        ValueError: no names, or block_size < 1.
+    """
+    if len(names) == 0 or block_size < 1:
+        raise ValueError(f"need at least one name and block_size >= 1, got {len(names)} names, "
+                         f"block_size {block_size}")
+    lens = np.array([len(w) for w in names], dtype=np.int64)
+    L = int(lens.max()) + 1
+    X = np.zeros((len(names), L + block_size - 1), dtype=np.int64)
+    Y = np.zeros((len(names), L), dtype=np.int64)
+    for i, w in enumerate(names):
+        X[i, block_size:block_size + len(w)] = w
+        Y[i, :len(w)] = w                       # then the end token 0 (and 0-padding)
+    mask = np.arange(L) < (lens + 1)[:, None]
+    return X, Y, mask
+
+
+class NameBatchStream:
+    """Batches of whole names for the sequence path of a conv model, optionally grouped by length.
+
+    The stream of a seed (the minibatch Generator of seed_streams, so the same for every backend):
+    epoch after epoch a permutation of the names, read in pools of `pool` batches (pool *
+    batch_size names, a pool may run into the next epoch); each pool is sorted by length (stable)
+    and cut into batches of `batch_size` consecutive names, and the pool's batches come in a
+    shuffled order. Every name is used once per epoch and every batch has exactly batch_size
+    names. The lecture samples contexts with replacement (BatchStream); this stream samples names
+    without replacement.
+
+    pool = 1 (the default, what training uses) gives random batches: on names.txt (7.1 targets per
+    name, 16 at most) a third of a 32-name batch's (B, L) targets is padding. Larger pools group
+    names of similar length (pool 32: under 3% padding), but train-mode BatchNorm then tells the
+    model the batch's name length through its batch statistics: wavenet-conv trained 4,000 steps on
+    batches of 32 names reached a train-mode loss of 1.89 with pool 32 (1.96 with pool 4) and an
+    eval-mode val loss of 2.50 (2.23), against 2.03 and 2.07 with random batches; after 28,400
+    steps with pool 32 the val names scored 1.79 under their own sorted batches' statistics and 2.55
+    under random ones. So sorted pools are only for passes without batch statistics (eval mode).
+
+    Iterating yields name_batch(...) tuples (X, Y, mask), forever; `indices()` the name indices.
+    Raises ValueError for no names, an empty name, batch_size < 1 or pool < 1.
+    """
+
+    def __init__(self, seed: int, names, batch_size: int, block_size: int, pool: int = POOL):
+        if len(names) < 1 or batch_size < 1 or pool < 1:
+            raise ValueError(f"need names, batch_size >= 1 and pool >= 1, got {len(names)} names, "
+                             f"batch_size={batch_size}, pool={pool}")
+        if min(len(w) for w in names) < 1:
+            raise ValueError("every name needs at least one token")
+        self.rng = seed_streams(seed)[1]
+        self.names = [np.asarray(w, dtype=np.int64) for w in names]
+        self.lengths = np.array([len(w) for w in names], dtype=np.int64)
+        self.batch_size, self.block_size, self.pool = batch_size, block_size, pool
+
+    def _order(self):
+        # the names of every epoch, one after another
+        while True:
+            yield from self.rng.permutation(len(self.names))
+
+    def indices(self):
+        """Yield the (batch_size,) int64 name indices of every batch, forever."""
+        order, size = self._order(), self.pool * self.batch_size
+        while True:
+            ix = np.fromiter((next(order) for _ in range(size)), dtype=np.int64, count=size)
+            ix = ix[np.argsort(self.lengths[ix], kind="stable")]
+            batches = ix.reshape(self.pool, self.batch_size)
+            yield from batches[self.rng.permutation(self.pool)]
+
+    def __iter__(self):
+        for ix in self.indices():
+            yield name_batch([self.names[i] for i in ix], self.block_size)
 
 
 def dropout_shapes(spec, batch_size: int) -> list[tuple[int, ...]]:

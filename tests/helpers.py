@@ -5,6 +5,7 @@ Each oracle is written straight from the lecture / docs/design.md, without any b
 a backend that agrees with it is right, not merely consistent with another backend. Imported by
 the test modules as `helpers` (tests/ is on sys.path through pytest's rootdir conftest).
 """
+import contextlib
 import itertools
 from pathlib import Path
 
@@ -84,6 +85,51 @@ def mlp_eval_hidden_and_logits(p, X):
     return h, h @ p["5.weight"] + p["5.bias"]
 
 
+def hierarchical_oracle(spec, p, X, train=False, convention="lecture", eps=1e-5, momentum=0.1):
+    """The hierarchical model of Part 5 (FlattenConsecutive, Linear, BatchNorm1d, Tanh, as in the
+    lecture's notebook) in float64 numpy, for contexts X (B, block_size) int: the logits
+    (B, vocab) and, in train mode, the new running stats {name: array} (eval mode: the running
+    stats of p, and {}). Written from the lecture and bn_oracle, without any backend: the oracle
+    of a conv model's logits at every position, and of its whole-sequence train step, whose
+    BatchNorm1d statistics are defined as these (docs/design.md, "Whole-sequence training")."""
+    x, stats = p["0.weight"][X], {}
+    for k, l in enumerate(spec.layers[1:], start=1):
+        if l.kind == "flatten":
+            B, T, C = x.shape
+            x = x.reshape(B, T // l.n, C * l.n)
+            x = x[:, 0] if x.shape[1] == 1 else x
+        elif l.kind == "linear":
+            x = x @ p[f"{k}.weight"] + (p[f"{k}.bias"] if l.bias else 0)
+        elif l.kind == "batchnorm" and not train:
+            x = p[f"{k}.gamma"] * (x - p[f"{k}.running_mean"]) / np.sqrt(p[f"{k}.running_var"] + eps) \
+                + p[f"{k}.beta"]
+        elif l.kind == "batchnorm":
+            x, stats[f"{k}.running_mean"], stats[f"{k}.running_var"] = bn_oracle(
+                x, p[f"{k}.gamma"], p[f"{k}.beta"], p[f"{k}.running_mean"], p[f"{k}.running_var"],
+                convention, eps, momentum)
+        elif l.kind == "tanh":
+            x = np.tanh(x)
+    return x, stats
+
+
+def tree_counts(block_size, dilations, mask):
+    """For each dilation level of a hierarchical model with kernel 2 (FlattenConsecutive(2)
+    stages), how many target windows of `mask` (B, L) use each node, counted from spans: the
+    level-l node at conv position p covers input tokens [p, p + 2**l), and window t (tokens
+    [t, t + block_size)) holds the level-l nodes starting at t, t + 2**l, t + 2*2**l, ...
+    Returns [(B, L + block_size - 2**l) counts for l = 1, 2, ...] (the BatchNorm inputs)."""
+    B, L = mask.shape
+    out = []
+    for lvl in range(1, len(dilations) + 1):
+        span = 2 ** lvl
+        c = np.zeros((B, L + block_size - span))
+        for b, t in zip(*np.nonzero(mask)):
+            for start in range(t, t + block_size, span):
+                c[b, start] += 1
+        out.append(c)
+    return out
+
+
 def loaded_model(backend: str, spec, params):
     """(backend module, model built from `spec` with canonical `params` loaded)."""
     B = get_backend(backend)
@@ -132,3 +178,19 @@ def batch(spec, n=32, seed=0):
 def fast_steps(name, B, model, opt, Xs, Ys, masks=None):
     """B.fast_train_steps with the test settings of FAST_KWARGS."""
     return B.fast_train_steps(model, opt, Xs, Ys, masks=masks, **FAST_KWARGS.get(name, {}))
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch intra-op thread inside the block (none to set without torch): on a busy 2-core
+    machine a second OpenMP thread made small steps several times slower and erratic."""
+    if "torch" not in BACKENDS:
+        yield
+        return
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -306,7 +306,9 @@ def test_two_adamw_steps_are_the_decoupled_update(name, weight_decay, rng):
         for k in g:   # decay on the weight matrices and the embedding only
             want, m[k], v[k] = adamw_oracle(before[k], g[k], m[k], v[k], t, 0.01, weight_decay,
                                             decayed=k.endswith(".weight"))
-            np.testing.assert_allclose(after[k], want, rtol=1e-12, atol=1e-15, err_msg=f"{k} step {t}")
+            # atol: Adam divides by sqrt(v) + eps, so a gradient near 0 turns a 1e-18 rounding
+            # difference of the step's own forward (torch's F.batch_norm, one thread) into ~3e-14
+            np.testing.assert_allclose(after[k], want, rtol=1e-12, atol=1e-13, err_msg=f"{k} step {t}")
             np.testing.assert_allclose(state[f"exp_avg.{k}"], m[k], rtol=1e-12, atol=1e-18, err_msg=k)
             np.testing.assert_allclose(state[f"exp_avg_sq.{k}"], v[k], rtol=1e-12, atol=1e-24, err_msg=k)
     assert opt.t == 2

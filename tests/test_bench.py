@@ -11,7 +11,7 @@ import pytest
 
 from makemore import bench, cli
 from shared.flops import (floor_ratio, floor_seconds, forward_flops, linear_shapes, matmul_flops,
-                          train_step_flops)
+                          sequence_linear_shapes, sequence_train_step_flops, train_step_flops)
 from shared.spec import get_spec
 
 from helpers import BACKENDS, ROOT
@@ -36,6 +36,25 @@ def test_mlp_flops_and_batch_scaling():
     assert matmul_flops(2048) == 17_179_869_184
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         train_step_flops(get_spec("mlp"), 0)
+
+
+def test_wavenet_conv_flops_match_the_hand_count():
+    # wavenet-conv on 32 names of 7 targets (inputs of 14 tokens): the convolutions compute
+    # 13, 11 and 7 positions per name, (fan_in, fan_out) (2*24, 128) (2*128, 128) (2*128, 128) (128, 27)
+    hand = 6 * (32 * 13 * 48 * 128 + 32 * 11 * 256 * 128 + 32 * 7 * 256 * 128 + 32 * 7 * 128 * 27)
+    assert hand == 133_226_496
+    spec = get_spec("wavenet-conv")
+    assert sequence_train_step_flops(spec, 32, 7) == hand
+    assert [s[1:] for s in sequence_linear_shapes(spec, 32, 7)] == [
+        (416, 48, 128), (352, 256, 128), (224, 256, 128), (224, 128, 27)]
+    # per target: 594,761 against the hierarchical step's 758,016 (1.27x fewer)
+    assert hand // 224 == 594_761 and train_step_flops(get_spec("wavenet"), 32) // 32 == 758_016
+    # on (B, 8) contexts the convolutions compute 7, 5 and 1 positions (the hierarchical 4, 2, 1)
+    assert [s[1] for s in linear_shapes(spec, 32)] == [32 * 7, 32 * 5, 32, 32]
+    with pytest.raises(ValueError, match="not convolutional"):
+        sequence_train_step_flops(get_spec("wavenet"), 32, 7)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        sequence_train_step_flops(spec, 32, 0)
 
 
 def test_floor_arithmetic():
@@ -78,6 +97,7 @@ def _raw():
             {"benchmarks": [_bench("matmul", 0.4, lib="torch", flops=2 * 2048 ** 3)]},  # a busy end
             {"peak_rss_mb": 300.0, "benchmarks": [
                 _bench(min_s=0.5, backend="torch", path="plain", **tr),   # 5 ms/step
+                _bench(min_s=0.4, backend="torch", path="bare loop", **tr),  # 4 ms/step
                 _bench(min_s=0.1, backend="torch", path="fast", **tr)]},  # 1 ms/step
             {"peak_rss_mb": 90.0, "benchmarks": [
                 _bench(min_s=0.2, backend="numpy", path="fast", **tr),    # 2 ms/step
@@ -99,18 +119,25 @@ def test_build_rows_by_hand():
     assert f["floor_ratio"] == pytest.approx(1.0 / floor_ms) and f["matmul_gflops"] == pytest.approx(gflops)
     assert f["vs_torch_eager"] == pytest.approx(5.0) and f["peak_rss_mb"] == 300.0
     assert tr["numpy", "fast"]["vs_torch_eager"] == pytest.approx(2.5)
+    assert f["vs_bare_loop"] == pytest.approx(4.0) and tr["numpy", "fast"]["vs_bare_loop"] == pytest.approx(2.0)
+    assert tr["torch", "plain"]["vs_bare_loop"] == pytest.approx(0.8)
+    assert tr["torch", "bare loop"]["vs_bare_loop"] == pytest.approx(1.0)
     (two,) = [r for r in rows if r["threads"] == "2"]                 # no torch eager at 2 threads
     assert two["vs_torch_eager"] is None and two["ms_per_step"] == pytest.approx(1.0)
+    assert two["vs_bare_loop"] is None
     assert tr["torch", "plain"]["ms_per_step_median"] == pytest.approx(7.5)
     (s,) = [r for r in rows if r["kind"] == "sample"]
     assert s["names_per_s"] == pytest.approx(200.0) and s["vs_torch_eager"] is None
+    assert s["vs_bare_loop"] is None
     md = bench.tables(rows, rates)
     assert "| wavenet | 32 | float32 | torch | fast | 1 | 1.00 | 1.000 | 1000 |" in md
+    assert f"| {1.0 / floor_ms:.1f} | 4.00 | 5.00 |" in md and "vs bare loop" in md
     assert "x floor" in md and "Peak memory" in md and "| numpy | 90 |" in md and "Warning" not in md
     (g,) = [r for r in rows if r["kind"] == "step_gemms"]
     assert g["ms_per_step"] == pytest.approx(0.8) and g["vs_torch_eager"] is None
+    assert g["vs_bare_loop"] == pytest.approx(5.0)                  # the bare loop's 4 ms / 0.8 ms
     # GEMMs alone: 24.2565 MFLOP in 0.8 ms = 30.3 GFLOP/s; numpy's fast path (2 ms) / 0.8 ms = 2.50
-    assert f"| wavenet | 32 | float32 | numpy | 1 | 1.00 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 2.50 |" in md
+    assert f"| wavenet | 32 | float32 | numpy | 1 | 1.00 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 5.00 | 2.50 |" in md
 
 
 def test_a_floor_beaten_by_a_row_is_flagged():
@@ -125,6 +152,41 @@ def test_a_floor_beaten_by_a_row_is_flagged():
 def test_build_rows_needs_a_matmul_rate():
     with pytest.raises(ValueError, match="no matmul benchmark"):
         bench.build_rows(_raw()[2:])
+
+
+# ---- the bare loop (bench/torch_bare_loop.py): the lecture's own code, the same function ----
+
+
+@pytest.mark.skipif("torch" not in BACKENDS, reason="torch not installed")
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+def test_the_bare_loop_trains_like_train_step(dtype, rtol, rng):
+    """The baseline row times the same computation as torch's train_step: same initial weights and
+    minibatches give the same losses, weights and running stats (to float rounding)."""
+    import numpy as np
+    import torch
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch_bare_loop
+    from shared.config import TrainConfig
+    from shared.params import init_params
+    import impl_torch as T
+    spec = get_spec("wavenet", dtype=dtype)
+    p = init_params(spec, 3)
+    Xs, Ys = rng.integers(0, 27, (6, 32, 8)), rng.integers(0, 27, (6, 32))
+    model = T.build_model(spec)
+    T.load_params(model, p)
+    opt = T.Optimizer(model, TrainConfig(steps=10 ** 9))  # lr 0.1 throughout, as the bare loop's
+    plain = [T.train_step(model, opt, Xs[i], Ys[i]) for i in range(6)]
+    bare = torch_bare_loop.build(spec, p)
+    losses = torch_bare_loop.train(bare, torch.from_numpy(Xs), torch.from_numpy(Ys))
+    np.testing.assert_allclose(losses, plain, rtol=rtol)
+    after = T.export_params(model)
+    np.testing.assert_allclose(bare.layers[-1].weight.detach().numpy(), after[f"{len(spec.layers) - 1}.weight"],
+                               rtol=100 * rtol, atol=100 * rtol)
+    bn = next(i for i, l in enumerate(spec.layers) if l.kind == "batchnorm")
+    np.testing.assert_allclose(bare.layers[bn].running_var.numpy().ravel(), after[f"{bn}.running_var"],
+                               rtol=100 * rtol)
+    with pytest.raises(ValueError, match="convention 'lecture'"):
+        torch_bare_loop.build(spec.with_(bn_convention="torch"), p)
 
 
 # ---- the suites themselves, and makemore bench end to end, tiny ----
@@ -145,7 +207,9 @@ def test_smoke_every_bench_suite(tmp_path):
                          "--mm-names", "3", "--mm-matmul-rounds", "1", "--mm-matmul-n", "64",
                          "--mm-eval-examples", "500"], tmp_path)
     n_mm = len([b for b in BACKENDS if b != "numpy"]) + 1    # numpy, torch, xla
-    n = n_mm + 2 * len(BACKENDS) + 3 * len(BACKENDS)  # matmul, train x2 paths, step GEMMs, eval, sample
+    # matmul, train x2 paths (+ torch's bare loop), step GEMMs, eval, sample, targets/s
+    # (wavenet-32 and wavenet-conv: bench/test_sequence_step.py)
+    n = n_mm + 2 * len(BACKENDS) + ("torch" in BACKENDS) + 3 * len(BACKENDS) + 2 * len(BACKENDS)
     assert f"{n} passed" in out, out[-2000:]
 
 

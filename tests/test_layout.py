@@ -19,7 +19,8 @@ FRAMEWORKS = {"impl_numpy": {"threadpoolctl"}, "impl_torch": {"torch"},
 # what any package may import: the standard library and the base dependencies
 BASE = {"numpy", "safetensors"}
 APP_ONLY = {"matplotlib", "tqdm", "pygments"}   # plots, progress, the side-by-side page: the application's
-LAYER_CLASSES = ["Embedding", "FlattenConsecutive", "Linear", "BatchNorm1d", "Tanh", "Dropout", "Sequential"]
+LAYER_CLASSES = ["Embedding", "FlattenConsecutive", "Linear", "CausalConv1d", "BatchNorm1d", "Tanh", "Dropout",
+                 "Sequential"]
 
 
 def imports(path: Path) -> set[str]:

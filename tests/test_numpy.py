@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import impl_numpy as N
-from impl_numpy.layers import BatchNorm1d, Dropout, Embedding, FlattenConsecutive, Linear, Tanh
-from impl_numpy.model import cross_entropy
+from impl_numpy.layers import BatchNorm1d, CausalConv1d, Dropout, Embedding, FlattenConsecutive, Linear, Tanh
+from impl_numpy.model import cross_entropy, sequence_cross_entropy
 from makemore import cli
 from shared.checkpoint import load_checkpoint
 from shared.params import init_params
-from shared.spec import get_spec
+from shared.spec import conv_spec, get_spec, wavenet_spec
+from shared.stream import name_batch
 from shared.config import TrainConfig
 from makemore.trainer import train
 
@@ -100,6 +101,83 @@ def test_batchnorm_backward_eval_mode(rng):
     bn.gamma[...], bn.running_mean[...], bn.running_var[...] = rng.normal(size=(3, 4)) ** 2
     bn.training = False
     layer_fd(bn, rng.normal(size=(5, 4)), rng, params=("gamma", "beta"))
+
+
+@pytest.mark.parametrize("n, dilation, T", [(2, 1, 8), (2, 2, 7), (2, 4, 5), (3, 2, 9), (2, 4, 9)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_causal_conv_backward(n, dilation, T, bias, rng):
+    # (2, 4, 5): one output position left, squeezed to (B, fan_out)
+    conv = CausalConv1d(5, 7, n=n, dilation=dilation, bias=bias, dtype=np.float64)
+    conv.weight[...] = rng.normal(size=(n * 5, 7))
+    if bias:
+        conv.bias[...] = rng.normal(size=7)
+    layer_fd(conv, rng.normal(size=(3, T, 5)), rng, params=("weight", "bias") if bias else ("weight",))
+
+
+def test_causal_conv_forward_is_the_tap_sum(rng):
+    # out[:, t] = x[:, t] @ W[:C] + x[:, t + d] @ W[C:] (the older position takes W[:C])
+    conv = CausalConv1d(4, 3, n=2, dilation=2, dtype=np.float64)
+    conv.weight[...] = rng.normal(size=(8, 3))
+    x = rng.normal(size=(2, 6, 4))
+    want = np.stack([x[:, t] @ conv.weight[:4] + x[:, t + 2] @ conv.weight[4:] for t in range(4)], axis=1)
+    np.testing.assert_allclose(conv(x), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="needs at least 3 positions, got 2"):
+        conv(x[:, :2])
+
+
+class _CountedBatchNorm(BatchNorm1d):
+    """BatchNorm1d always called with the same node weights (for layer_fd)."""
+
+    def __call__(self, x, counts=None):
+        return super().__call__(x, self.fixed_counts)
+
+
+@pytest.mark.parametrize("convention", ["lecture", "torch", "flax"])
+def test_batchnorm_backward_with_counts(convention, rng):
+    bn = _CountedBatchNorm(4, convention=convention, dtype=np.float64)
+    bn.gamma[...], bn.beta[...] = rng.normal(size=(2, 4))
+    bn.fixed_counts = np.array([[1.0, 0.0, 2.0, 0.0, 3.0], [4.0, 1.0, 0.0, 0.0, 1.0]])
+    layer_fd(bn, rng.normal(1.0, 2.0, size=(2, 5, 4)), rng, params=("gamma", "beta"))
+
+
+def test_sequence_cross_entropy_is_the_mean_over_real_targets(rng):
+    logits, Y = rng.normal(size=(3, 4, 5)), rng.integers(0, 5, size=(3, 4))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=bool)
+    loss, d = sequence_cross_entropy(logits, Y, mask)
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    nll = -np.log(np.take_along_axis(p, Y[..., None], -1)[..., 0])
+    assert loss == pytest.approx(nll[mask].mean(), rel=1e-14)
+    check_close(d, numeric_grad(lambda: sequence_cross_entropy(logits, Y, mask)[0], logits), "dlogits")
+    assert not d[~mask].any()
+
+
+def test_sequence_gradients_against_finite_differences(rng):
+    # a small conv model (emb 4, hidden 6, dilations 1, 2, 4), ragged names, weighted BatchNorm
+    spec = conv_spec(wavenet_spec(n_embd=4, n_hidden=6, dtype="float64"))
+    p = init_params(spec, 3)
+    p = {k: v + (0.3 * rng.normal(size=v.shape) if "gamma" in k or "beta" in k else 0) for k, v in p.items()}
+    X, Y, mask = name_batch([[5, 1, 13], [1, 22, 1, 4, 9], [26]], spec.block_size)
+    model = N.build_model(spec)
+    N.load_params(model, p)
+    _, grads = N.sequence_loss_and_grads(model, X, Y, mask)
+    params = dict(model.named_parameters())
+    assert set(params) == set(grads)
+
+    def loss():
+        return N.sequence_loss_and_grads(model, X, Y, mask)[0]
+    for k, g in grads.items():
+        x = params[k]
+        idx = list(np.ndindex(x.shape))
+        if len(idx) > 30:
+            idx = [idx[j] for j in rng.choice(len(idx), 30, replace=False)]
+        num = []
+        for i in idx:
+            old = x[i]
+            x[i] = old + H; fp = loss()
+            x[i] = old - H; fm = loss()
+            x[i] = old
+            num.append((fp - fm) / (2 * H))
+        check_close(np.array([g[i] for i in idx]), np.array(num), f"sequence {k}", rtol=1e-5, atol=1e-8)
 
 
 def test_tanh_backward(rng):
