@@ -17,7 +17,8 @@ from shared.stream import sample_tokens
 from shared.threads import step_threads
 
 
-from .model import _canonical, _masks, _sequence_logits, _targets, _tokens, cross_entropy, sequence_cross_entropy
+from .model import (_canonical, _from_torch, _masks, _sequence_logits, _targets, _to_torch, _tokens, cross_entropy,
+                    sequence_cross_entropy)
 
 
 @contextlib.contextmanager
@@ -59,7 +60,8 @@ class Optimizer:
     Attributes:
         t: steps taken (int); the schedule's position.
         optimizer: the torch.optim.SGD or torch.optim.AdamW.
-        params: {canonical name: (parameter, transposed?)} of the trainable parameters.
+        params: {canonical name: (parameter, layer kind)} of the trainable parameters (the kind
+            says how torch lays it out: model._to_torch / model._from_torch).
     """
 
     def __init__(self, model, cfg: TrainConfig):
@@ -104,12 +106,12 @@ class Optimizer:
     def state_dict(self) -> dict[str, np.ndarray]:
         """The optimizer's state in canonical form (for a resumable checkpoint): "t" int64 (),
         and for AdamW the moments exp_avg.<name>, exp_avg_sq.<name> (numpy copies in the
-        canonical layout: Linear weights transposed back to (fan_in, fan_out)); plain SGD keeps
+        canonical layout: Linear and conv weights laid out back from torch's); plain SGD keeps
         no momenta."""
         out = {"t": np.array(self.t, dtype=np.int64)}
         for s, tensors in self._moments().items():
             for name, v in tensors.items():
-                out[f"{s}.{name}"] = (v.T if self.params[name][1] else v).detach().numpy().copy()
+                out[f"{s}.{name}"] = _from_torch(v, self.params[name][1]).detach().numpy().copy()
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -122,8 +124,8 @@ class Optimizer:
         with torch.no_grad():
             for s, tensors in self._moments().items():
                 for name, v in tensors.items():
-                    a = torch.from_numpy(np.ascontiguousarray(state[f"{s}.{name}"]))
-                    v.copy_(a.T if self.params[name][1] else a)
+                    a = _to_torch(state[f"{s}.{name}"], self.params[name][1], tuple(v.shape))
+                    v.copy_(torch.from_numpy(np.ascontiguousarray(a)))
             for p, _ in self.params.values():
                 if "step" in self.optimizer.state[p]:
                     self.optimizer.state[p]["step"].fill_(float(self.t))
