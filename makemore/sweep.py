@@ -524,6 +524,8 @@ def run_worker(st: Study, url: str, n_trials: int, folder: Path, worker: int = 0
     storage = open_storage(url)
     study = open_study(st, storage, url, folder, worker=worker)
     backend = st.backend or fastest_backend()
+    from .registry import get_backend
+    get_backend(backend)   # an unknown or missing backend fails here, before any trial starts
     trainer = _Trainer(st, backend, folder, log)
     errors = rejected = 0
     with _Stop() as stop, warnings.catch_warnings():
@@ -535,7 +537,16 @@ def run_worker(st: Study, url: str, n_trials: int, folder: Path, worker: int = 0
             if sum(counted(t) for t in trials) + running >= n_trials:
                 return 0
             trial = study.ask()
-            outcome = trainer.run(study, storage, trial, stop, worker)
+            try:
+                outcome = trainer.run(study, storage, trial, stop, worker)
+            except (KeyboardInterrupt, SweepError):
+                raise
+            except Exception as e:  # noqa: BLE001  (a backend's crash: the trial fails, the worker goes on)
+                outcome = f"error: {type(e).__name__}: {_first_line(e)}"
+                try:
+                    trainer._tell_failed(study, trial, outcome)
+                except Exception:  # noqa: BLE001  (told already, or the storage is gone: re-raise the cause)
+                    raise e from None
             log(_line(storage, trial._trial_id, outcome, worker))
             if outcome == "interrupted":
                 return 130
@@ -577,6 +588,9 @@ def run_sweep(st: Study, url: str, n_trials: int, workers: int, folder: Path) ->
     """Start `workers` worker processes on this machine and wait for them; returns 0, 130 when
     interrupted, 1 when a worker failed. The study is opened (and checked) here first."""
     from shared.threads import available_cores
+    from .registry import available_backends, get_backend
+    if (st.backend or fastest_backend()) not in available_backends():
+        get_backend(st.backend)   # BackendError (exit 2, the install hint) before anything is written
     storage = open_storage(url)
     study = open_study(st, storage, url, folder)
     fail_dead_trials(study, storage, lambda m: print(m, flush=True))

@@ -293,3 +293,24 @@ def test_two_machines_share_one_study_on_postgresql(tmp_path, names_path):
         assert r.returncode == 0 and "best: trial" in r.stdout and "makemore:***@" in r.stdout, r.stderr
     finally:
         optuna.delete_study(study_name=name, storage=sweep._postgres_driver(PG))
+
+
+def test_a_crashing_trial_fails_and_the_worker_goes_on(tmp_path, names_path, monkeypatch):
+    import optuna
+    monkeypatch.setenv("MAKEMORE_DATA", str(names_path))
+    st = studies.parse(studies.tomllib.loads(BASE + "n_trials = 2\n[fixed]\nsteps = 200\n[pruner]\nkind = 'none'\n"))
+    calls = {"n": 0}
+    real = sweep._Trainer.run
+
+    def crash_once(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("the backend broke")
+        return real(self, *a, **kw)
+    monkeypatch.setattr(sweep._Trainer, "run", crash_once)
+    lines = []
+    assert sweep.run_worker(st, sweep.default_storage(tmp_path), 2, tmp_path, log=lines.append) == 0
+    trials = optuna.load_study(study_name="t", storage=sweep.default_storage(tmp_path)).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].user_attrs["outcome"] == "error: RuntimeError: the backend broke"
+    assert "trial 0 (worker 0): error: RuntimeError: the backend broke" in lines
