@@ -9,7 +9,7 @@
     makemore diagnose --backend B|all --preset P [--steps N] [--out DIR]
     makemore sweep STUDY.toml [--storage URL] [--workers N] [--n-trials N] [--out DIR]
     makemore sweep --report STUDY.toml|NAME [--storage URL]
-    makemore reproduce [--backend B] [--seeds K] [--quick] [--out DIR]
+    makemore reproduce [--backend B] [--seeds K] [--quick] [--plain] [--out DIR]
 
 This is the only module that reads argparse: it turns library errors into one-line messages and
 exit codes (0 ok, 1 training diverged, 2 bad input, 130 interrupted). No option may be
