@@ -16,9 +16,9 @@ per trial.
   samples. Val loss is reported at `reports` evenly spaced points (the last is the end of
   training), so the pruner (median by default) stops hopeless trials; a pruned trial's folder
   keeps its checkpoint (status "pruned").
-- Dead workers: a worker records its host, pid and the pid's start time on its trial; any
-  worker on the same host marks the RUNNING trials of dead processes FAIL before it asks for
-  a new one. RDB storages also get a heartbeat (heartbeat_interval / grace_period), which
+- Dead workers: a worker records its host, pid, the pid's start time and its pid space (kernel
+  boot and pid namespace) on its trial; any worker in the same pid space marks the RUNNING
+  trials of dead processes FAIL before it asks for a new one. RDB storages also get a heartbeat (heartbeat_interval / grace_period), which
   fails the trials of workers that died on other machines. SQLite, PostgreSQL and the journal
   file are transactional: a SIGKILL at any moment leaves the study whole.
 
@@ -209,6 +209,17 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+def pid_space() -> str:
+    """Where a pid means one process: this kernel boot and pid namespace (two containers, or two
+    machines, can share a hostname but not both), plus the hostname for the reader."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+        return f"{socket.gethostname()}:{boot}:{ns}"
+    except OSError:
+        return socket.gethostname()
+
+
 def _alive(pid: int, start: str | None) -> bool:
     # a zombie (killed, not yet reaped by its parent) is dead too
     try:
@@ -227,14 +238,14 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def fail_dead_trials(study, storage, log=None) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker is gone: by pid on this host, by heartbeat on an
-    RDB storage. Returns the trial numbers failed here."""
+    """Mark FAIL the RUNNING trials whose worker is gone: by pid for workers of this machine (the
+    same pid_space), by heartbeat on an RDB storage. Returns the trial numbers failed here."""
     import optuna
     from optuna.trial import TrialState
-    host, failed = socket.gethostname(), []
+    here, failed = pid_space(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         a = t.user_attrs
-        if a.get("host") != host or not a.get("pid") or _alive(int(a["pid"]), a.get("pid_start")):
+        if a.get("pid_space") != here or not a.get("pid") or _alive(int(a["pid"]), a.get("pid_start")):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "outcome", "worker died")
@@ -396,6 +407,7 @@ class _Trainer:
         from .trainer import TrainingDiverged, TrainingInterrupted, train, write_run
         st, n = self.st, trial.number
         trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid_space", pid_space())
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("pid_start", _proc_start(os.getpid()))
         trial.set_user_attr("worker", worker)

@@ -126,17 +126,20 @@ def test_a_dead_workers_running_trial_is_marked_failed(tmp_path, kind):
     dead = subprocess.Popen(["true"])
     dead.wait()
     t = study.ask()
-    t.set_user_attr("host", os.uname().nodename)
+    t.set_user_attr("pid_space", sweep.pid_space())
     t.set_user_attr("pid", dead.pid)
     t.set_user_attr("pid_start", "1")
     alive = study.ask()
-    alive.set_user_attr("host", os.uname().nodename)
+    alive.set_user_attr("pid_space", sweep.pid_space())
     alive.set_user_attr("pid", os.getpid())
     alive.set_user_attr("pid_start", sweep._proc_start(os.getpid()))
+    elsewhere = study.ask()   # another machine (or container) with the same hostname: not ours to judge
+    elsewhere.set_user_attr("pid_space", os.uname().nodename + ":other-boot:1")
+    elsewhere.set_user_attr("pid", dead.pid)
     assert sweep.fail_dead_trials(study, storage) == [t.number]
     got = {x.number: x for x in study.get_trials()}
     assert got[t.number].state.name == "FAIL" and got[t.number].user_attrs["outcome"] == "worker died"
-    assert got[alive.number].state.name == "RUNNING"
+    assert got[alive.number].state.name == "RUNNING" and got[elsewhere.number].state.name == "RUNNING"
     assert not sweep.counted(got[t.number])
 
 
