@@ -10,7 +10,7 @@
     makemore sidebyside [--out PATH]
     makemore sweep STUDY.toml [--storage URL] [--workers N] [--n-trials N] [--out DIR]
     makemore sweep --report STUDY.toml|NAME [--storage URL]
-    makemore reproduce [--backend B] [--seeds K] [--quick] [--out DIR]
+    makemore reproduce [--backend B] [--seeds K] [--quick] [--plain] [--rows R,..] [--out DIR]
 
 This is the only module that reads argparse: it turns library errors into one-line messages and
 exit codes (0 ok, 1 training diverged, 2 bad input, 130 interrupted). No option may be
@@ -155,6 +155,8 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="300 steps per run (a smoke test, not the lecture's numbers)")
     p.add_argument("--plain", action="store_true", help="every row on the backend's plain path (train.py), "
                    "not its fast path")
+    p.add_argument("--rows", default=None, help="comma-separated rows to train (mlp, mlp-8, wavenet-22k-dim0, "
+                   "wavenet-22k, wavenet; default all)")
     p.add_argument("--out", default=None, help="folder of the runs (default runs/reproduce, or "
                    "runs/reproduce-quick with --quick); finished runs there are reused, interrupted ones resumed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -432,18 +434,19 @@ def cmd_sweep(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from .registry import get_backend
-    from .reproduce import reproduce
+    from .reproduce import reproduce, select_rows
     from .sweep import fastest_backend
     from .trainer import TrainingInterrupted
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    rows = select_rows(args.rows)
     backend = args.backend or fastest_backend()
     get_backend(backend)
     out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
     try:
         with _StopFlag() as stop:
             text, _ = reproduce(backend, args.seeds, args.quick, out, progress=not args.no_progress, stop=stop,
-                                plain=args.plain)
+                                plain=args.plain, rows=rows)
     except TrainingInterrupted as e:
         print(f"makemore reproduce: interrupted after step {e.step}; run the same command again to "
               "continue (finished runs are reused, the interrupted one resumes)", file=sys.stderr)

@@ -126,16 +126,28 @@ def table(results: dict, backend: str, seeds: list[int], steps: int, plain: bool
     return "\n".join(lines)
 
 
+def select_rows(keys: str | None) -> tuple[Row, ...]:
+    """The rows named in a comma-separated list of row keys (None: all). Raises ValueError."""
+    if keys is None:
+        return ROWS
+    known = {r.key: r for r in ROWS}
+    want = [k.strip() for k in keys.split(",") if k.strip()]
+    bad = [k for k in want if k not in known]
+    if bad or not want:
+        raise ValueError(f"unknown row {bad[0] if bad else keys!r}; the rows are {', '.join(known)}")
+    return tuple(r for r in ROWS if r.key in want)
+
+
 def reproduce(backend: str, seeds: int, quick: bool, out: Path, progress: bool = True, stop=None,
-              log=None, plain: bool = False) -> tuple[str, dict]:
-    """Train every row for `seeds` seeds (reusing finished runs); returns (table text,
-    {row key: [metrics]}) and writes reproduce.json and reproduce.md into `out`."""
+              log=None, plain: bool = False, rows: tuple[Row, ...] = ROWS) -> tuple[str, dict]:
+    """Train `rows` (default every row) for `seeds` seeds (reusing finished runs); returns
+    (table text, {row key: [metrics]}) and writes reproduce.json and reproduce.md into `out`."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     steps = QUICK_STEPS if quick else LECTURE["steps"]
     seed_list = [SEED0 + k for k in range(seeds)]
     results: dict = {}
     datasets: dict = {}
-    for r in ROWS:
+    for r in rows:
         for s in seed_list:
             folder = out / f"{r.key}-seed{s}"
             t0 = time.perf_counter()

@@ -16,9 +16,9 @@ per trial.
   samples. Val loss is reported at `reports` evenly spaced points (the last is the end of
   training), so the pruner (median by default) stops hopeless trials; a pruned trial's folder
   keeps its checkpoint (status "pruned").
-- Dead workers: a worker records its host, pid and the pid's start time on its trial; any
-  worker on the same host marks the RUNNING trials of dead processes FAIL before it asks for
-  a new one. RDB storages also get a heartbeat (heartbeat_interval / grace_period), which
+- Dead workers: a worker records its host, pid, the pid's start time and its pid space (kernel
+  boot and pid namespace) on its trial; any worker in the same pid space marks the RUNNING
+  trials of dead processes FAIL before it asks for a new one. RDB storages also get a heartbeat (heartbeat_interval / grace_period), which
   fails the trials of workers that died on other machines. SQLite, PostgreSQL and the journal
   file are transactional: a SIGKILL at any moment leaves the study whole.
 
@@ -209,6 +209,17 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+def pid_space() -> str:
+    """Where a pid means one process: this kernel boot and pid namespace (two containers, or two
+    machines, can share a hostname but not both), plus the hostname for the reader."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+        return f"{socket.gethostname()}:{boot}:{ns}"
+    except OSError:
+        return socket.gethostname()
+
+
 def _alive(pid: int, start: str | None) -> bool:
     # a zombie (killed, not yet reaped by its parent) is dead too
     try:
@@ -227,14 +238,14 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def fail_dead_trials(study, storage, log=None) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker is gone: by pid on this host, by heartbeat on an
-    RDB storage. Returns the trial numbers failed here."""
+    """Mark FAIL the RUNNING trials whose worker is gone: by pid for workers of this machine (the
+    same pid_space), by heartbeat on an RDB storage. Returns the trial numbers failed here."""
     import optuna
     from optuna.trial import TrialState
-    host, failed = socket.gethostname(), []
+    here, failed = pid_space(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         a = t.user_attrs
-        if a.get("host") != host or not a.get("pid") or _alive(int(a["pid"]), a.get("pid_start")):
+        if a.get("pid_space") != here or not a.get("pid") or _alive(int(a["pid"]), a.get("pid_start")):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "outcome", "worker died")
@@ -396,6 +407,7 @@ class _Trainer:
         from .trainer import TrainingDiverged, TrainingInterrupted, train, write_run
         st, n = self.st, trial.number
         trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid_space", pid_space())
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("pid_start", _proc_start(os.getpid()))
         trial.set_user_attr("worker", worker)
@@ -524,6 +536,8 @@ def run_worker(st: Study, url: str, n_trials: int, folder: Path, worker: int = 0
     storage = open_storage(url)
     study = open_study(st, storage, url, folder, worker=worker)
     backend = st.backend or fastest_backend()
+    from .registry import get_backend
+    get_backend(backend)   # an unknown or missing backend fails here, before any trial starts
     trainer = _Trainer(st, backend, folder, log)
     errors = rejected = 0
     with _Stop() as stop, warnings.catch_warnings():
@@ -535,7 +549,16 @@ def run_worker(st: Study, url: str, n_trials: int, folder: Path, worker: int = 0
             if sum(counted(t) for t in trials) + running >= n_trials:
                 return 0
             trial = study.ask()
-            outcome = trainer.run(study, storage, trial, stop, worker)
+            try:
+                outcome = trainer.run(study, storage, trial, stop, worker)
+            except (KeyboardInterrupt, SweepError):
+                raise
+            except Exception as e:  # noqa: BLE001  (a backend's crash: the trial fails, the worker goes on)
+                outcome = f"error: {type(e).__name__}: {_first_line(e)}"
+                try:
+                    trainer._tell_failed(study, trial, outcome)
+                except Exception:  # noqa: BLE001  (told already, or the storage is gone: re-raise the cause)
+                    raise e from None
             log(_line(storage, trial._trial_id, outcome, worker))
             if outcome == "interrupted":
                 return 130
@@ -577,6 +600,9 @@ def run_sweep(st: Study, url: str, n_trials: int, workers: int, folder: Path) ->
     """Start `workers` worker processes on this machine and wait for them; returns 0, 130 when
     interrupted, 1 when a worker failed. The study is opened (and checked) here first."""
     from shared.threads import available_cores
+    from .registry import available_backends, get_backend
+    if (st.backend or fastest_backend()) not in available_backends():
+        get_backend(st.backend)   # BackendError (exit 2, the install hint) before anything is written
     storage = open_storage(url)
     study = open_study(st, storage, url, folder)
     fail_dead_trials(study, storage, lambda m: print(m, flush=True))

@@ -126,17 +126,20 @@ def test_a_dead_workers_running_trial_is_marked_failed(tmp_path, kind):
     dead = subprocess.Popen(["true"])
     dead.wait()
     t = study.ask()
-    t.set_user_attr("host", os.uname().nodename)
+    t.set_user_attr("pid_space", sweep.pid_space())
     t.set_user_attr("pid", dead.pid)
     t.set_user_attr("pid_start", "1")
     alive = study.ask()
-    alive.set_user_attr("host", os.uname().nodename)
+    alive.set_user_attr("pid_space", sweep.pid_space())
     alive.set_user_attr("pid", os.getpid())
     alive.set_user_attr("pid_start", sweep._proc_start(os.getpid()))
+    elsewhere = study.ask()   # another machine (or container) with the same hostname: not ours to judge
+    elsewhere.set_user_attr("pid_space", os.uname().nodename + ":other-boot:1")
+    elsewhere.set_user_attr("pid", dead.pid)
     assert sweep.fail_dead_trials(study, storage) == [t.number]
     got = {x.number: x for x in study.get_trials()}
     assert got[t.number].state.name == "FAIL" and got[t.number].user_attrs["outcome"] == "worker died"
-    assert got[alive.number].state.name == "RUNNING"
+    assert got[alive.number].state.name == "RUNNING" and got[elsewhere.number].state.name == "RUNNING"
     assert not sweep.counted(got[t.number])
 
 
@@ -293,3 +296,24 @@ def test_two_machines_share_one_study_on_postgresql(tmp_path, names_path):
         assert r.returncode == 0 and "best: trial" in r.stdout and "makemore:***@" in r.stdout, r.stderr
     finally:
         optuna.delete_study(study_name=name, storage=sweep._postgres_driver(PG))
+
+
+def test_a_crashing_trial_fails_and_the_worker_goes_on(tmp_path, names_path, monkeypatch):
+    import optuna
+    monkeypatch.setenv("MAKEMORE_DATA", str(names_path))
+    st = studies.parse(studies.tomllib.loads(BASE + "n_trials = 2\n[fixed]\nsteps = 200\n[pruner]\nkind = 'none'\n"))
+    calls = {"n": 0}
+    real = sweep._Trainer.run
+
+    def crash_once(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("the backend broke")
+        return real(self, *a, **kw)
+    monkeypatch.setattr(sweep._Trainer, "run", crash_once)
+    lines = []
+    assert sweep.run_worker(st, sweep.default_storage(tmp_path), 2, tmp_path, log=lines.append) == 0
+    trials = optuna.load_study(study_name="t", storage=sweep.default_storage(tmp_path)).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].user_attrs["outcome"] == "error: RuntimeError: the backend broke"
+    assert "trial 0 (worker 0): error: RuntimeError: the backend broke" in lines
