@@ -68,7 +68,9 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
             saved.append((xhat, rstd, n))
             x = p[0] * xhat + p[1]
         elif kind == "tanh":
-            x = torch.tanh(x)
+            # tanh(x) = 2 sigmoid(2x) - 1: inductor's sigmoid (Sleef's exp) costs less than its
+            # tanh (Sleef's tanhf, 8-10% of a compiled batch-32 step in perf samples)
+            x = 2 * torch.sigmoid(2 * x) - 1
             saved.append(x)
     logits = x
     B = logits.shape[0]
