@@ -30,13 +30,14 @@ class _FusedStep:
     Every activation is kept 2-D, (rows, channels): the embedding's (B, T, C) output is
     (B*T, C) and FlattenConsecutive(n) is a reshape to (B*T/n, C*n), because rows are
     (example, position) with position fastest. The formulas are the layers' (layers.py) in an
-    order that reuses what is known: BatchNorm's backward uses sum(dxhat) = gamma * dbeta and
-    sum(dxhat * xhat) = gamma * dgamma; the embedding's scatter-add is one-hot(ids).T @ dout (one
-    GEMM). So the losses equal train_step's to float rounding, not bitwise (tested).
-    Parameters and running stats are updated in place in the model's own arrays; the layers'
-    .out/.dout/.grads are not written (diagnostics use train_step). SGD's update is written out
-    here on preallocated buffers; AdamW's is the Optimizer's own (train.Optimizer.update), the
-    same arithmetic as train_step's.
+    order that reuses what is known: BatchNorm's means and variances are GEMVs with 1/n vectors,
+    its backward uses sum(dxhat) = gamma * dbeta and sum(dxhat * xhat) = gamma * dgamma; the
+    embedding's scatter-add is one-hot(ids).T @ dout (one GEMM). So the losses equal train_step's
+    to float rounding, not bitwise (tested). Parameters are updated in place in the model's own
+    arrays; the running stats too, at flush() (fast_train_steps calls it at the end of every
+    call); the layers' .out/.dout/.grads are not written (diagnostics use train_step).
+    SGD's update is written out here on preallocated buffers; AdamW's is the Optimizer's own
+    (train.Optimizer.update), the same arithmetic as train_step's.
     """
 
     def __init__(self, model, opt: Optimizer, batch_size: int):
@@ -61,9 +62,11 @@ class _FusedStep:
                          gb=E(l.fan_out), u=E(l.fan_in, l.fan_out))
                 width = l.fan_out
             elif l.kind == "batchnorm":
-                b.update(xhat=E(rows, width), out=E(rows, width), tmp=E(rows, width), dx=E(rows, width),
-                         mean=E(width), sq=E(width), inv_std=E(width), g=E(width),
-                         gb=E(width), n=rows, d=rows - 1 if self.conv == "lecture" else rows)
+                d = rows - 1 if self.conv == "lecture" else rows  # the normalising variance's divisor
+                b.update(xc=E(rows, width), out=E(rows, width), tmp=E(rows, width), dx=E(rows, width),
+                         inv_n=np.full(rows, 1 / rows, dt), inv_d=np.full(rows, 1 / d, dt),
+                         means=E(self.PENDING, width), vars=E(self.PENDING, width), inv_std=E(width),
+                         scale=E(width), g=E(width), gb=E(width), k=E(width), n=rows, d=d)
             elif l.kind == "tanh":
                 b.update(out=E(rows, width), dx=E(rows, width), drop=E(rows, width), mask=None)
             self.bufs.append(b)
@@ -71,11 +74,36 @@ class _FusedStep:
         self.ones = np.ones(batch_size * spec.block_size, dt)  # column sums as GEMVs: ones @ x
         self.ce = dict(m=E(batch_size, 1), shifted=E(batch_size, V), e=E(batch_size, V), s=E(batch_size, 1),
                        dlogits=E(batch_size, V), rows=np.arange(batch_size))
+        self.pending = 0  # steps whose BatchNorm statistics are not yet in the running stats
+
+    # The running stats are an exponential average, linear in the batch statistics: after p steps
+    # of running = (1 - m) * running + m * stat_i, running = (1 - m)^p * running
+    # + sum_i m * (1 - m)^(p - 1 - i) * stat_i. Each step only writes its mean and variance into a
+    # row (the GEMVs' out=), and flush() applies up to PENDING steps at once: one GEMV per
+    # statistic, where updating every step took eight numpy calls per BatchNorm layer.
+    PENDING = 64
+
+    def flush(self) -> None:
+        """Fold the statistics of the pending steps into the model's running_mean/running_var."""
+        p, self.pending = self.pending, 0
+        if not p:
+            return
+        for l, b in zip(self.model, self.bufs):
+            if isinstance(l, BatchNorm1d):
+                m = l.momentum
+                w = (m * (1 - m) ** np.arange(p - 1, -1, -1)).astype(l.running_mean.dtype)
+                # the rows hold the normalising variance; 'torch' normalises with the biased one
+                # and keeps the unbiased one (times n / (n - 1)), 'lecture' and 'flax' keep theirs
+                wv = w * (b["n"] / (b["n"] - 1)) if self.conv == "torch" else w
+                l.running_mean *= (1 - m) ** p
+                l.running_mean += w @ b["means"][:p]
+                l.running_var *= (1 - m) ** p
+                l.running_var += wv @ b["vars"][:p]
 
     def __call__(self, X: np.ndarray, Y: np.ndarray, lr: float, masks=None) -> float:
         """One step on X (B, block_size) int64, Y (B,) int64 and this step's dropout masks (one
         per Tanh, or None), already checked; returns the loss."""
-        model, conv, ones = self.model, self.conv, self.ones
+        model, ones = self.model, self.ones
         masks = iter(masks) if masks is not None else None
         x = X
         for l, b in zip(model, self.bufs):
@@ -93,17 +121,14 @@ class _FusedStep:
                 if l.bias is not None:
                     x += l.bias
             elif isinstance(l, BatchNorm1d):
-                n, m = b["n"], l.momentum
-                mean = np.divide(np.matmul(ones[:n], x, out=b["mean"]), n, out=b["mean"])
-                xc = np.subtract(x, mean, out=b["xhat"])
-                sq = np.matmul(ones[:n], np.multiply(xc, xc, out=b["tmp"]), out=b["sq"])
-                var_biased, var_unbiased = sq / n, sq / (n - 1)
-                var = var_unbiased if conv == "lecture" else var_biased
-                l.running_mean[...] = (1 - m) * l.running_mean + m * mean
-                l.running_var[...] = (1 - m) * l.running_var + m * (var_biased if conv == "flax" else var_unbiased)
-                inv_std = np.divide(1.0, np.sqrt(var + l.eps), out=b["inv_std"])
-                xhat = np.multiply(xc, inv_std, out=b["xhat"])
-                x = np.multiply(xhat, l.gamma, out=b["out"])
+                # mean and variance as GEMVs with 1/n and 1/d vectors (d = n - 1: the lecture's
+                # unbiased variance), into this step's rows for flush()
+                mean = np.matmul(b["inv_n"], x, out=b["means"][self.pending])
+                xc = np.subtract(x, mean, out=b["xc"])
+                var = np.matmul(b["inv_d"], np.multiply(xc, xc, out=b["tmp"]), out=b["vars"][self.pending])
+                inv_std = np.power(np.add(var, l.eps, out=b["inv_std"]), -0.5, out=b["inv_std"])
+                scale = np.multiply(inv_std, l.gamma, out=b["scale"])
+                x = np.multiply(xc, scale, out=b["out"])  # gamma * xhat, xhat = xc * inv_std
                 x += l.beta
             elif isinstance(l, Tanh):
                 x = np.tanh(x, out=b["out"])
@@ -128,22 +153,24 @@ class _FusedStep:
                 np.subtract(1.0, dx, out=dx)
                 d = np.multiply(dx, d, out=dx)
             elif isinstance(l, BatchNorm1d):
-                n, xhat = b["n"], b["xhat"]
-                g_gamma = np.matmul(ones[:n], np.multiply(d, xhat, out=b["tmp"]), out=b["g"])
-                g_beta = np.matmul(ones[:n], d, out=b["gb"])
-                # dx = inv_std/n * (n*dxhat - sum(dxhat) - (n/d)*xhat*sum(dxhat*xhat)), dxhat = gamma*d
-                corr = np.multiply(xhat, (n / b["d"]) * g_gamma, out=b["tmp"])
-                dx = np.multiply(d, n, out=b["dx"])
-                dx -= g_beta
-                dx -= corr
-                dx *= l.gamma * b["inv_std"] / n
+                # lecture Part 4 (exercise 3): dx = gamma*inv_std/n * (n*d - sum(d)
+                # - (n/d_)*xhat*sum(d*xhat)) with xhat = xc*inv_std, dgamma = sum(d*xhat) and
+                # dbeta = sum(d), i.e. dx = scale * (d - mean(d) - xc * k), k = inv_std*dgamma/d_
+                xc, inv_std = b["xc"], b["inv_std"]
+                g_d = np.matmul(b["inv_d"], np.multiply(d, xc, out=b["tmp"]), out=b["g"])
+                g_gamma_d = np.multiply(g_d, inv_std, out=b["g"])          # dgamma / d_
+                k = np.multiply(g_gamma_d, inv_std, out=b["k"])
+                g_beta_n = np.matmul(b["inv_n"], d, out=b["gb"])            # dbeta / n
+                dx = np.subtract(d, g_beta_n, out=b["dx"])
+                dx -= np.multiply(xc, k, out=b["tmp"])
+                dx *= b["scale"]                                            # with gamma before its update
                 d = dx
-                if self.adamw:
-                    self.opt.update(f"{b['i']}.gamma", l.gamma, g_gamma, lr)
-                    self.opt.update(f"{b['i']}.beta", l.beta, g_beta, lr)
+                if self.adamw:   # AdamW's update takes the gradients themselves
+                    self.opt.update(f"{b['i']}.gamma", l.gamma, g_gamma_d * b["d"], lr)
+                    self.opt.update(f"{b['i']}.beta", l.beta, g_beta_n * b["n"], lr)
                 else:
-                    l.gamma -= lr * g_gamma
-                    l.beta -= lr * g_beta
+                    l.gamma -= (lr * b["d"]) * g_gamma_d
+                    l.beta -= (lr * b["n"]) * g_beta_n
             elif isinstance(l, Linear):
                 gW = np.matmul(b["x"].T, d, out=b["g"])
                 if l.bias is not None:
@@ -165,6 +192,9 @@ class _FusedStep:
                     self.opt.update(f"{b['i']}.weight", l.weight, gW, lr)
                 else:
                     l.weight -= lr * gW
+        self.pending += 1
+        if self.pending == self.PENDING:
+            self.flush()
         return float(loss)
 
 
@@ -204,7 +234,10 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None) -> np.ndarray:
     model.train()
     step = _fast_step_for(model, opt, Xs.shape[1])
     with threads_for(Xs.shape[1]):
-        for i in range(len(Xs)):
-            losses[i] = step(Xs[i], Ys[i], opt.lr, None if masks is None else [m[i] for m in masks])
-            opt.t += 1
+        try:
+            for i in range(len(Xs)):
+                losses[i] = step(Xs[i], Ys[i], opt.lr, None if masks is None else [m[i] for m in masks])
+                opt.t += 1
+        finally:
+            step.flush()  # the running stats of every step taken are in the model
     return losses

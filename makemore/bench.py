@@ -175,7 +175,8 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
         base = eager.get((r["kind"], r["preset"], r["batch_size"], r["dtype"], r["threads"]))
         r["vs_torch_eager"] = base / r["ms_per_step"] if base else None
         base = bare.get((r["preset"], r["batch_size"], r["dtype"], r["threads"]))
-        r["vs_bare_loop"] = base / r["ms_per_step"] if base and r["kind"] in ("train_step", "step_gemms") else None
+        paired = base and r["kind"] in ("train_step", "step_gemms")
+        r["vs_bare_loop"] = base / r["ms_per_step"] if paired else None
     order = {"train_step": 0, "step_gemms": 1, "evaluate": 2, "sample": 3}
     nthreads = lambda t: int(t) if str(t).isdigit() else 0  # noqa: E731  ('default' when run by hand)
     rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"],

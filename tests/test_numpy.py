@@ -296,6 +296,32 @@ def test_out_of_vocab_and_bad_params_raise():
         N.load_params(model, p)
 
 
+@pytest.mark.parametrize("convention", ["lecture", "torch", "flax"])
+def test_fast_running_stats_over_more_steps_than_are_pending(convention, rng):
+    """The fused step folds its BatchNorm statistics into the running stats every PENDING steps
+    and at the end of each call (closed form of the exponential average): after 150 steps in
+    calls of 70 and 80 they equal 150 train_step updates."""
+    from impl_numpy.fast import _FusedStep
+    spec = get_spec("wavenet-22k", dtype="float64", bn_convention=convention)
+    p = init_params(spec, 4)
+    Xs, Ys = rng.integers(0, 27, (150, 8, 8)), rng.integers(0, 27, (150, 8))
+    assert 70 > _FusedStep.PENDING
+    after = []
+    for fast in (False, True):
+        model = N.build_model(spec)
+        N.load_params(model, p)
+        opt = N.Optimizer(model, TrainConfig(steps=150))
+        if fast:
+            N.fast_train_steps(model, opt, Xs[:70], Ys[:70])
+            N.fast_train_steps(model, opt, Xs[70:], Ys[70:])
+        else:
+            for X, Y in zip(Xs, Ys):
+                N.train_step(model, opt, X, Y)
+        after.append(N.export_params(model))
+    for k in after[0]:
+        np.testing.assert_allclose(after[1][k], after[0][k], rtol=1e-11, atol=1e-12, err_msg=k)
+
+
 def test_short_numpy_training_lowers_the_loss(data8):
     res = train("numpy", get_spec("wavenet"), TrainConfig(steps=200), data8, n_samples=3, fast=True,
                 evaluate=False)   # the whole train split in eval mode would dominate the test
