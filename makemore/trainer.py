@@ -118,6 +118,24 @@ def load_resume_state(path: str | Path, backend: str, spec: ModelSpec, cfg: Trai
     return params, opt_state, losses, step
 
 
+def check_run(backend: str, spec: ModelSpec, cfg: TrainConfig, fast: bool):
+    """Refuse a run the backend cannot train, before anything is written; returns the backend
+    module (registry.get_backend).
+
+    Raises:
+        ValueError: `fast` on a backend without fast_train_steps; dropout on a convolutional
+            spec (its whole-name step has no masks yet).
+        registry.BackendError: the backend is unknown or not installed.
+    """
+    B = get_backend(backend)
+    if fast and not hasattr(B, "fast_train_steps"):
+        raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
+    if spec.convolutional and cfg.dropout:
+        raise ValueError(f"preset {spec.name!r} trains on whole names and does not support "
+                         "--dropout yet; run without it")
+    return B
+
+
 def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
           out_dir: str | Path | None = None, checkpoint_every: int = 10_000, progress: bool = False,
           evaluate: bool = True, n_samples: int = 20, params: dict | None = None,
@@ -151,7 +169,10 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     (issue 14): each step is `sequence_train_step` on cfg.batch_size names of the training split
     from shared.stream.NameBatchStream (masked past each name's end), and its loss is the mean
     over the batch's real targets (about 7 per name). SGD or AdamW, either schedule, and resume
-    work as for the other presets; no fast path and no dropout yet (ValueError).
+    work as for the other presets; no dropout yet (ValueError). `fast` runs the same whole-name
+    step (sequence_train_step is already each backend's fast path for it: one jitted call in
+    JAX, torch's conv1d and fused BatchNorm kernels, numpy's GEMMs): there is no separate fused
+    conv step, and the losses are those of the run without --fast, bitwise.
     Returns:
         RunResult (losses (steps,) float64, wall seconds of this process's step loop, final eval
         losses, samples, warnings).
@@ -169,13 +190,7 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         spec.check_train_batch(cfg.batch_size)
     except ValueError as e:
         raise ValueError(f"{e}: --batch-size 2 or more on the command line") from None
-    B = get_backend(backend)
-    if fast and not hasattr(B, "fast_train_steps"):
-        raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
-    if spec.convolutional and (fast or cfg.dropout):
-        raise ValueError(f"preset {spec.name!r} trains on whole names and has no fast path yet; run without --fast"
-                         if fast else f"preset {spec.name!r} trains on whole names and does not support "
-                         "--dropout yet; run without it")
+    B = check_run(backend, spec, cfg, fast)
     ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
     losses = np.empty(cfg.steps, dtype=np.float64)
     start, opt_state = 0, None
@@ -209,7 +224,7 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=start, desc=f"{backend} {spec.name}", unit="step",
                    mininterval=0.5, smoothing=0.05)
-    chunk = FAST_CHUNK if fast else 1
+    chunk = FAST_CHUNK if fast and not spec.convolutional else 1   # a conv step: one whole-name batch
     rows = iter(BatchStream(cfg.seed, len(Xtr), cfg.batch_size, start=start))  # drawn as needed
     drops = (DropoutStream(cfg.seed, cfg.dropout, dropout_shapes(spec, cfg.batch_size), spec.dtype)
              if cfg.dropout else None)   # step i's masks, for every backend the same

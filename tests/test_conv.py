@@ -336,8 +336,13 @@ def test_cli_trains_wavenet_conv_then_samples(tmp_path, names_path, capsys):
     assert cli.main(["sample", "--checkpoint", str(out / "checkpoint.safetensors"), "--backend", "numpy",
                      "-n", "20"]) == 0
     assert capsys.readouterr().out.split() == names
-    assert cli.main(args + ["--fast", "--out", str(tmp_path / "fast")]) == 2
-    assert "no fast path yet" in capsys.readouterr().err
+    # --fast runs the same whole-name step: the same losses, bitwise
+    assert cli.main(args + ["--fast", "--out", str(tmp_path / "fast")]) == 0
+    fast = json.loads((tmp_path / "fast" / "metrics.json").read_text())
+    assert fast["fast"] is True and fast["loss"] == m["loss"] and len(fast["loss"]) == 30
+    assert cli.main(args + ["--dropout", "0.1", "--out", str(tmp_path / "drop")]) == 2
+    assert "does not support --dropout yet" in capsys.readouterr().err
+    assert not (tmp_path / "drop").exists()
 
 
 @pytest.mark.parametrize("name", BACKENDS)
