@@ -87,6 +87,10 @@ def plan(quick: bool, backends: list[str]) -> list[Group]:
                                 ["--mm-backends", b, "--mm-batches", "32", "--mm-float64", "32"], 1))
             groups.append(Group(f"{b}-large", ["test_train_step.py", "test_eval_sample.py::test_evaluate"],
                                 ["--mm-backends", b, "--mm-batches", "256,4096", "--mm-float64", ""], None))
+            # issue 14: targets/s of the conv model on whole names against the hierarchical
+            # model on contexts (plain paths, one thread)
+            groups.append(Group(f"{b}-targets", ["test_sequence_step.py"],
+                                ["--mm-backends", b, "--mm-batches", "32,256"], 1))
             # the lecture's configuration again on every core: faster on a quiet machine, the
             # default of one thread is the safe choice on a busy one (shared/threads.py)
             if available_cores() > 1:
@@ -164,6 +168,8 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
                            floor_ratio=floor_ratio(sec, ei["flops"], gflops))
             if ei["kind"] == "sample":
                 row["names_per_s"] = ei["names_per_call"] / sec
+            if ei["kind"] == "targets":   # bench/test_sequence_step.py: real targets trained per second
+                row["targets_per_s"] = ei["targets_per_call"] / st["min"]
             rows.append(row)
     eager = {(r["kind"], r["preset"], r["batch_size"], r["dtype"], r["threads"]): r["ms_per_step"]
              for r in rows if r["backend"] == "torch" and r["path"] == "plain"}
@@ -177,7 +183,7 @@ def build_rows(raws: list[dict]) -> tuple[list[dict], dict[str, float]]:
         base = bare.get((r["preset"], r["batch_size"], r["dtype"], r["threads"]))
         paired = base and r["kind"] in ("train_step", "step_gemms")
         r["vs_bare_loop"] = base / r["ms_per_step"] if paired else None
-    order = {"train_step": 0, "step_gemms": 1, "evaluate": 2, "sample": 3}
+    order = {"train_step": 0, "step_gemms": 1, "evaluate": 2, "sample": 3, "targets": 4}
     nthreads = lambda t: int(t) if str(t).isdigit() else 0  # noqa: E731  ('default' when run by hand)
     rows.sort(key=lambda r: (order[r["kind"]], r["preset"], r["dtype"], r["batch_size"],
                              nthreads(r["threads"]), r["backend"], r["path"]))
@@ -231,6 +237,17 @@ def tables(rows: list[dict], rates: dict[str, float], info: str = "") -> str:
             ["backend", "names per call", "names/s", "vs torch"],
             [[r["backend"], r["batch_size"], f"{r['names_per_s']:.0f}", _opt(r["vs_torch_eager"], ".2f")]
              for r in sa]))
+    tg = [r for r in rows if r["kind"] == "targets"]
+    if tg:
+        lecture = {r["backend"]: r["targets_per_s"] for r in tg
+                   if r["preset"] == "wavenet" and r["batch_size"] == 32}
+        parts.append("## Targets per second: wavenet-conv on whole names against wavenet on contexts "
+                     "(bench/test_sequence_step.py, plain paths, one thread)\n" + markdown_table(
+                         ["preset", "batch", "backend", "targets/s", "x floor", "vs wavenet batch 32"],
+                         [[r["preset"], f"{r['batch_size']} {'names' if r['preset'] == 'wavenet-conv' else 'contexts'}",
+                           r["backend"], f"{r['targets_per_s']:.0f}", f"{r['floor_ratio']:.1f}",
+                           _opt(r["targets_per_s"] / lecture[r["backend"]] if r["backend"] in lecture else None, ".2f")]
+                          for r in tg]))
     below = [r for r in rows if r.get("floor_ratio") is not None and r["floor_ratio"] < 1]
     if below:
         parts.insert(2, "**Warning:** " + ", ".join(f"{r['backend']} {r['path']} ({r['kind']})" for r in below)

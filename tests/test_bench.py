@@ -141,6 +141,21 @@ def test_build_rows_by_hand():
     assert f"| wavenet | 32 | float32 | numpy | 1 | 1.00 | 0.800 | 30.3 | {0.8 / floor_ms:.1f} | 5.00 | 2.50 |" in md
 
 
+def test_targets_rows_by_hand():
+    # bench/test_sequence_step.py's rows: 20 steps a call; targets/s = targets per call / call time
+    tg = dict(kind="targets", backend="numpy", path="plain", dtype="float32", threads="1",
+              steps_per_call=20, first_call_s=1.0)
+    raw = _raw()[:2] + [{"benchmarks": [
+        _bench(min_s=0.1, preset="wavenet", batch_size=32, targets_per_call=640, flops=20 * 24_256_512, **tg),
+        _bench(min_s=0.2, preset="wavenet-conv", batch_size=32, targets_per_call=4560, flops=10 ** 9, **tg)]}]
+    rows, rates = bench.build_rows(raw)
+    t = {r["preset"]: r for r in rows}
+    assert t["wavenet"]["targets_per_s"] == pytest.approx(6400.0)      # 640 in 0.1 s
+    assert t["wavenet-conv"]["targets_per_s"] == pytest.approx(22800.0)  # 4560 in 0.2 s
+    md = bench.tables(rows, rates)
+    assert "| wavenet-conv | 32 names | numpy | 22800 |" in md and "| 3.56 |" in md   # 22800 / 6400
+
+
 def test_a_floor_beaten_by_a_row_is_flagged():
     raw = [{"benchmarks": [_bench("matmul", 2.0, lib="numpy", flops=2 * 2048 ** 3)]}] + _raw()[2:]  # 8.6 GFLOP/s
     rows, rates = bench.build_rows(raw)
@@ -246,6 +261,7 @@ def test_plan_thread_settings():
     allc = full["torch-b32-all-cores"].env()
     assert allc["MAKEMORE_THREADS"] == str(len(os.sched_getaffinity(0))) and "OMP_NUM_THREADS" not in allc
     assert "32" in full["torch-b32-all-cores"].options and "test_step_gemms.py" in full["numpy-small"].files
+    assert full["torch-targets"].files == ["test_sequence_step.py"] and full["torch-targets"].threads == 1
     quick = bench.plan(True, ["jax"])
     assert [g.name for g in quick] == ["matmul", "jax-quick", "matmul-end"]
     assert quick[1].env()["MAKEMORE_THREADS"] == "1" and "intra_op" in quick[1].env()["XLA_FLAGS"]
