@@ -59,7 +59,9 @@ def default_backend() -> str:
 
 def _common(p: argparse.ArgumentParser, defaults: bool, steps: int = 200_000) -> None:
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)  # noqa: E731
-    p.add_argument("--preset", default=d("wavenet"), choices=list(PRESETS), help="model preset (default wavenet)")
+    p.add_argument("--preset", default=d("wavenet"), choices=list(PRESETS), help="model preset (default wavenet); "
+                   "wavenet-tuned is the lecture's model with its own recipe's defaults (AdamW, cosine, dropout, "
+                   "batch 256: shared.config.PRESET_RECIPES), which any flag given overrides")
     p.add_argument("--steps", type=int, default=d(steps), help=f"optimizer steps (default {steps})")
     p.add_argument("--batch-size", type=int, default=d(32),
                    help="minibatch size (default 32): contexts, or whole names for wavenet-conv")
@@ -121,7 +123,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
 
     p = add("compare", help="the same run on every backend, side by side")
-    _common(p, True, steps=1000)
+    _common(p, defaults, steps=1000)
     p.add_argument("--backends", default=None, help="comma-separated (default: every installed backend)")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -163,7 +165,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
     p = add("diagnose", help="activation and gradient statistics (lecture Part 3 plots)")
     p.add_argument("--backend", default=None, help="numpy, torch, jax or all (default torch, or the first installed)")
-    _common(p, True, steps=1000)
+    _common(p, defaults, steps=1000)
     p.add_argument("--out", default="runs/diagnose", help="output folder (default runs/diagnose)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -173,6 +175,19 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                    help="the HTML file to write (default runs/sidebyside.html; the committed copy is "
                         "docs/sidebyside.html)")
     return ap
+
+
+def _apply_recipe(args, argv) -> None:
+    """Fill the recipe of a preset that carries one (shared.config.PRESET_RECIPES, e.g.
+    wavenet-tuned) into the `train`/`compare`/`diagnose` options the command did not give.
+    compare and diagnose keep their own --steps (1,000), and a recipe run given --steps keeps
+    the recipe's warm-up share (shared.config.preset_recipe)."""
+    from shared.config import preset_recipe
+    given = vars(build_parser(defaults=False).parse_args(argv))
+    steps = args.steps if ("steps" in given or args.command != "train") else None
+    for k, v in preset_recipe(args.preset, steps).items():
+        if k not in given:
+            setattr(args, k, v)
 
 
 def _config(args):
@@ -251,7 +266,7 @@ def cmd_train(args, argv) -> int:
     from shared.threads import busy_warning, step_threads
     from . import runs
     from .registry import get_backend
-    from .trainer import TrainingDiverged, TrainingInterrupted, train, write_run
+    from .trainer import TrainingDiverged, TrainingInterrupted, check_run, train, write_run
     settings, backend, folder, rec = _resolve_train(args, argv)
     get_backend(backend)  # fail fast on an unknown or missing backend
     for k, v in settings.items():
@@ -265,6 +280,7 @@ def cmd_train(args, argv) -> int:
     args.data = data_arg
     spec, data = _spec_and_data(args)
     spec.check_train_batch(cfg.batch_size)  # before anything is printed or written
+    check_run(backend, spec, cfg, settings["fast"])
     from shared.data import find_names_file
     data_path = find_names_file(data_arg)
     sha = runs.file_sha256(data_path)
@@ -477,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import TrainingDiverged
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "compare", "diagnose"):
+        _apply_recipe(args, argv)
     handlers = {"train": lambda a: cmd_train(a, argv), "sample": cmd_sample, "compare": cmd_compare,
                 "diagnose": cmd_diagnose, "bench": cmd_bench, "sidebyside": cmd_sidebyside,
                 "sweep": cmd_sweep, "reproduce": cmd_reproduce}

@@ -41,7 +41,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from shared.config import OPTIMIZERS, SCHEDULES, TrainConfig, preset_recipe
 from shared.params import num_params
 from shared.spec import BN_CONVENTIONS, DTYPES, PRESETS, get_spec
 
@@ -135,14 +135,16 @@ class Study:
 
         Raises ValueError (TrainConfig's, naming the field) for a combination it refuses."""
         v = {**self.fixed, **values}
-        s = {**LECTURE, "preset": self.preset, "dtype": self.dtype, "bn": self.bn, "fast": self.fast,
+        # the preset's own recipe (shared.config.PRESET_RECIPES; {} for the lecture's presets)
+        recipe = preset_recipe(self.preset, v.get("steps"))
+        s = {**LECTURE, **recipe, "preset": self.preset, "dtype": self.dtype, "bn": self.bn, "fast": self.fast,
              "bn_per_position": self.bn_per_position}
         for k in LECTURE:
             if k in v:
                 s[k] = v[k]
         if "budget" in v:
             s["steps"] = max(1, int(v["budget"]) // int(s["batch_size"]))
-        if "lr_final" not in v:   # the lecture's ratio (0.1 -> 0.01) unless the study says otherwise
+        if "lr_final" not in v and "lr_final" not in recipe:   # the lecture's ratio (0.1 -> 0.01) unless the study says otherwise
             s["lr_final"] = float(s["lr"]) * float(v.get("lr_final_ratio", 0.1))
         if "warmup_frac" in v and s["schedule"] == "cosine":
             s["warmup"] = int(round(float(v["warmup_frac"]) * s["steps"]))

@@ -40,6 +40,8 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from shared.config import preset_recipe
+
 from . import runs
 from .study import CHOICES, CONDITIONS, LECTURE, Study, config, definition_json
 
@@ -357,9 +359,10 @@ def train_argv(settings: dict, backend: str, out: Path, data: str | None = None)
              "weight_decay": "--weight-decay", "dropout": "--dropout", "n_embd": "--n-embd",
              "n_hidden": "--n-hidden"}
     defaults = {**LECTURE, "dtype": "float32", "bn": "lecture"}
+    explicit = bool(preset_recipe(settings["preset"]))   # a preset with its own recipe: every flag spelled out
     for k, flag in flags.items():
         v = settings[k]
-        if v != defaults[k] and v is not None:
+        if (explicit or v != defaults[k]) and v is not None:
             argv += [flag, repr(v) if isinstance(v, float) else str(v)]
     if settings["bn_per_position"]:
         argv.append("--bn-per-position")

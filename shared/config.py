@@ -76,6 +76,33 @@ class TrainConfig:
         return self.lr_decay_step if self.lr_decay_step is not None else (3 * self.steps) // 4
 
 
+# The recipe a preset carries (issue 13): the TrainConfig fields its runs default to where they
+# differ from the lecture's. `makemore train --preset wavenet-tuned --fast` trains it; any flag
+# given overrides its field. Found with `makemore sweep studies/beat-1.950.toml` (README, "Beating
+# the lecture's loss"; bench/results-beat/).
+PRESET_RECIPES: dict[str, dict] = {
+    "wavenet-tuned": {"steps": 50_000, "batch_size": 256, "optimizer": "adamw", "lr": 3e-3,
+                      "lr_final": 1e-5, "schedule": "cosine", "warmup": 500, "weight_decay": 0.1,
+                      "dropout": 0.05},
+}
+
+
+def preset_recipe(preset: str, steps: int | None = None) -> dict:
+    """The TrainConfig fields (a dict of TrainConfig keyword arguments) that preset `preset`'s
+    runs default to; {} for a preset that trains with the lecture's recipe.
+
+    `steps`: a run length given instead of the recipe's (e.g. `compare --steps 300`); the warm-up
+    then keeps its share of the run, round(warmup * steps / recipe steps), so a short run of a
+    recipe keeps the recipe's shape (and a valid TrainConfig).
+    """
+    r = dict(PRESET_RECIPES.get(preset, {}))
+    if steps is not None and r:
+        if "warmup" in r:
+            r["warmup"] = int(round(r["warmup"] * steps / r["steps"]))
+        r["steps"] = steps
+    return r
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """The learning rate of 0-based step `step`.
 

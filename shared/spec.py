@@ -302,6 +302,9 @@ PRESETS = {
                                                                      n_hidden=n_hidden, name="wavenet-22k", **kw),
     "wavenet": lambda n_embd=24, n_hidden=128, **kw: wavenet_spec(block_size=8, n_embd=n_embd,
                                                                   n_hidden=n_hidden, name="wavenet", **kw),
+    # the lecture's WaveNet trained with another recipe (shared.config.PRESET_RECIPES, issue 13)
+    "wavenet-tuned": lambda n_embd=24, n_hidden=128, **kw: wavenet_spec(block_size=8, n_embd=n_embd,
+                                                                        n_hidden=n_hidden, name="wavenet-tuned", **kw),
     "wavenet-conv": lambda n_embd=24, n_hidden=128, **kw: conv_spec(
         wavenet_spec(block_size=8, n_embd=n_embd, n_hidden=n_hidden, **kw), name="wavenet-conv"),
 }
