@@ -122,6 +122,13 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=20, help="how many names (default 20)")
     p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
 
+    p = add("evaluate", help="a checkpoint's mean cross-entropy on a split (eval mode, the whole split)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.safetensors from any backend, or a run folder")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="the split (default val; keep test for a final figure, once)")
+    p.add_argument("--backend", default=None, help="backend to evaluate with (default torch, or the first installed)")
+    p.add_argument("--data", default=None, help="names.txt (default $MAKEMORE_DATA, then data/names.txt)")
+
     p = add("compare", help="the same run on every backend, side by side")
     _common(p, defaults, steps=1000)
     p.add_argument("--backends", default=None, help="comma-separated (default: every installed backend)")
@@ -370,6 +377,32 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """`makemore evaluate --checkpoint CKPT [--split val]`: prints the split's mean cross-entropy
+    (nats per character) in eval mode over the whole split, as the lecture's split_loss (Part 5).
+    Raises UsageError when the names file's vocabulary is not the checkpoint's."""
+    from shared.checkpoint import load_checkpoint
+    from shared.data import load_dataset
+    from .registry import get_backend
+    from .runs import CHECKPOINT
+    B = get_backend(args.backend or default_backend())
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    params, md = load_checkpoint(path)
+    spec = md["spec"]
+    data = load_dataset(spec.block_size, args.data)
+    if data.vocab.itos != md["vocab"].itos:
+        raise UsageError(f"{path} was trained on another vocabulary ({len(md['vocab'].itos)} characters) "
+                         f"than this names file's ({len(data.vocab.itos)}): give the run's --data")
+    model = B.build_model(spec)
+    B.load_params(model, params)
+    X, Y = data.split(args.split)
+    loss = float(B.evaluate(model, X, Y))
+    print(f"{args.split} loss {loss:.4f}  ({len(Y):,} examples, {spec.name}, step {md.get('step')}, {B.NAME})")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import compare, parse_backends
     backends = parse_backends(args.backends)
@@ -495,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("train", "compare", "diagnose"):
         _apply_recipe(args, argv)
-    handlers = {"train": lambda a: cmd_train(a, argv), "sample": cmd_sample, "compare": cmd_compare,
+    handlers = {"train": lambda a: cmd_train(a, argv), "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
                 "diagnose": cmd_diagnose, "bench": cmd_bench, "sidebyside": cmd_sidebyside,
                 "sweep": cmd_sweep, "reproduce": cmd_reproduce}
     # SIGTERM unwinds like Ctrl-C, so `finally` blocks (temp files, progress bars) still run
