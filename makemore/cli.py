@@ -217,33 +217,6 @@ def _spec_and_data(args):
     return spec, data
 
 
-class _StopFlag:
-    """Set by the first Ctrl-C or SIGTERM during training: the trainer stops between two steps
-    and writes a checkpoint. A second signal interrupts at once (KeyboardInterrupt)."""
-
-    def __init__(self):
-        self.set = False
-
-    def __call__(self) -> bool:
-        return self.set
-
-    def __enter__(self):
-        self.old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc):
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-
-
 def _resolve_train(args, argv):
     """(settings dict, run folder, record of the run to resume or None) for `train`.
 
@@ -273,7 +246,7 @@ def cmd_train(args, argv) -> int:
     from shared.threads import busy_warning, step_threads
     from . import runs
     from .registry import get_backend
-    from .trainer import TrainingDiverged, TrainingInterrupted, check_run, train, write_run
+    from .trainer import StopFlag, TrainingDiverged, TrainingInterrupted, check_run, train, write_run
     settings, backend, folder, rec = _resolve_train(args, argv)
     get_backend(backend)  # fail fast on an unknown or missing backend
     for k, v in settings.items():
@@ -310,7 +283,7 @@ def cmd_train(args, argv) -> int:
           f"{len(data.train[0]):,} training examples; {verb} {folder}", flush=True)
     from tqdm import tqdm
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             res = train(backend, spec, cfg, data, out_dir=folder, checkpoint_every=args.checkpoint_every,
                         progress=not args.no_progress, fast=settings["fast"], resume=rec is not None,
                         should_stop=stop, on_warning=lambda m: tqdm.write(m, file=sys.stderr))
@@ -485,7 +458,7 @@ def cmd_reproduce(args) -> int:
     from .registry import get_backend
     from .reproduce import reproduce, select_rows
     from .sweep import fastest_backend
-    from .trainer import TrainingInterrupted
+    from .trainer import StopFlag, TrainingInterrupted
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     rows = select_rows(args.rows)
@@ -493,7 +466,7 @@ def cmd_reproduce(args) -> int:
     get_backend(backend)
     out = Path(args.out or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             text, _ = reproduce(backend, args.seeds, args.quick, out, progress=not args.no_progress, stop=stop,
                                 plain=args.plain, rows=rows)
     except TrainingInterrupted as e:

@@ -20,6 +20,8 @@ import socket
 import time
 from pathlib import Path
 
+from shared.checkpoint import atomic_file
+
 RUN_JSON = "run.json"
 CHECKPOINT = "checkpoint.safetensors"
 RUN_FILES = (RUN_JSON, CHECKPOINT, "metrics.json", "loss.png", "samples.txt")
@@ -35,16 +37,8 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write `data` to `path` atomically (temp file in the same folder, fsync, os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return path
 
 

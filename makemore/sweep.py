@@ -275,34 +275,6 @@ def counted(t) -> bool:
     return t.state == TrialState.FAIL and outcome.split(":")[0] in COUNTED_FAILURES
 
 
-class _Stop:
-    """SIGINT/SIGTERM in a worker: finish nothing new, stop the running trial between two steps
-    (a checkpoint is written), tell it failed ('interrupted'), exit 130. A second signal
-    interrupts at once."""
-
-    def __init__(self):
-        self.set = False
-        self.old = {}
-
-    def __call__(self) -> bool:
-        return self.set
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc):
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-
-
 class _Heartbeat:
     """Records the trial's heartbeat every HEARTBEAT_S seconds on an RDB storage (Study.optimize
     does this itself; ask-and-tell must)."""
@@ -540,10 +512,11 @@ def run_worker(st: Study, url: str, n_trials: int, folder: Path, worker: int = 0
     study = open_study(st, storage, url, folder, worker=worker)
     backend = st.backend or fastest_backend()
     from .registry import get_backend
+    from .trainer import StopFlag
     get_backend(backend)   # an unknown or missing backend fails here, before any trial starts
     trainer = _Trainer(st, backend, folder, log)
     errors = rejected = 0
-    with _Stop() as stop, warnings.catch_warnings():
+    with StopFlag() as stop, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         while not stop():
             fail_dead_trials(study, storage, log)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,6 +118,37 @@ def load_resume_state(path: str | Path, backend: str, spec: ModelSpec, cfg: Trai
         raise CheckpointError(f"{path}: {len(losses)} losses for step {step}; the file is damaged")
     opt_state = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
     return params, opt_state, losses, step
+
+
+class StopFlag:
+    """Set by the first Ctrl-C or SIGTERM during training (a `with` block installs the handlers,
+    in the main thread only, and restores the old ones on exit); passed as train()'s
+    should_stop, so the trainer stops between two steps and writes a checkpoint. A second
+    signal interrupts at once (KeyboardInterrupt). Used by `makemore train` and by each sweep
+    worker (whose running trial then stops the same way and is told failed, 'interrupted')."""
+
+    def __init__(self):
+        self.set = False
+        self.old = {}
+
+    def __call__(self) -> bool:
+        return self.set
+
+    def __enter__(self):
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
 
 
 def check_run(backend: str, spec: ModelSpec, cfg: TrainConfig, fast: bool):

@@ -11,6 +11,7 @@ metadata holds the step, the batch-stream position and the config. Format makemo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -55,21 +56,32 @@ def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], spec
           "dtype": spec.dtype, "format": FORMAT}
     md.update({k: json.dumps(v) for k, v in meta.items()})
     md = dict(sorted(md.items()))  # same run, same bytes
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
-        tensors.update({STATE + k: np.ascontiguousarray(v) for k, v in (state or {}).items()})
+    tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+    tensors.update({STATE + k: np.ascontiguousarray(v) for k, v in (state or {}).items()})
+    with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=md)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # an ordinary file's mode, like the run's other outputs
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Write a file atomically: yields a temporary path beside `path` for the block to write;
+    when the block ends without an error the file is fsynced and renamed over `path`
+    (os.replace, atomic on POSIX), so a reader (or a crash) sees the old file or the new one,
+    never a part. On an error the temporary file is removed and `path` is unchanged."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
