@@ -88,7 +88,8 @@ def summarize(diag: dict, params: dict, spec) -> dict:
 
     Arguments:
         diag: {"loss", "activations": {i: array}, "activation_grads": {i: array}, "grads": {name:
-            array}} from impl_X.diagnostics.collect.
+            array}} from impl_X.diagnostics.collect, i the canonical layer number
+            (spec.layer_ids(): the position, except in a conv model).
         params: canonical parameters (for the grad:data ratio).
     Returns:
         {"loss": float, "tanh": {str(i): tanh_stats}, "tanh_grad": {str(i): grad_stats},
@@ -96,7 +97,8 @@ def summarize(diag: dict, params: dict, spec) -> dict:
     Raises:
         ValueError if the backend missed a Tanh layer or a gradient.
     """
-    tanh = [i for i, l in enumerate(spec.layers) if l.kind == "tanh"]
+    ids = spec.layer_ids()   # canonical layer numbers, as the parameters' (a conv model: wavenet's)
+    tanh = [ids[i] for i, l in enumerate(spec.layers) if l.kind == "tanh"]
     for key in ("activations", "activation_grads"):
         if sorted(diag[key]) != tanh:
             raise ValueError(f"diagnostics recorded {key} for layers {sorted(diag[key])}, the spec "
@@ -159,6 +161,11 @@ def run_backend(backend: str, spec, cfg: TrainConfig, data, params: dict | None 
     Xtr, Ytr = data.train
     ix = BatchStream(cfg.seed, len(Xtr), cfg.batch_size).take(cfg.steps + 1)[-1]
     diag = D.collect(res.model, Xtr[ix], Ytr[ix])
+    # Tanh layers by canonical number, as the weights are named: for wavenet-conv the hierarchical
+    # model's (its Tanh at position 3 is wavenet's layer 4, after 2.weight and 3.gamma)
+    ids = spec.layer_ids()
+    for key in ("activations", "activation_grads"):
+        diag[key] = {ids[i]: v for i, v in diag[key].items()}
     final = B.export_params(res.model)
     stats = summarize(diag, final, spec)
     ud = {k: np.asarray(v, dtype=np.float64) for k, v in ud.items()}

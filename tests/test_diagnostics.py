@@ -242,3 +242,14 @@ def test_cli_diagnose_rejects_zero_steps(tmp_path, names_path, capsys):
     rc = cli.main(["diagnose", "--backend", "torch", "--steps", "0", "--data", str(names_path),
                    "--out", str(tmp_path)])
     assert rc == 2 and "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_a_conv_models_tanh_layers_are_named_as_the_hierarchical_models(data8):
+    # wavenet-conv's Tanh layers stand at positions 3, 6, 9 of its own list, but its weights carry
+    # wavenet's names (2.weight, 6.weight, 10.weight, 13.weight): the statistics name the Tanh layers
+    # as the lecture's hierarchical model numbers them (Part 5: Tanh after 3.gamma, 7.gamma, 11.gamma)
+    spec = get_spec("wavenet-conv", dtype="float64")
+    run = dg.run_backend("numpy", spec, TrainConfig(steps=3, batch_size=8), data8)
+    assert sorted(run["stats"]["tanh"], key=int) == ["4", "8", "12"]
+    assert sorted(run["diag"]["activations"]) == [4, 8, 12]
+    assert {"2.weight", "6.weight", "10.weight", "13.weight"} <= set(run["stats"]["weights"])
