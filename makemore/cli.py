@@ -243,11 +243,13 @@ def _resolve_train(args, argv):
 
 def cmd_train(args, argv) -> int:
     from shared.params import num_params
-    from shared.threads import busy_warning, step_threads
+    from shared.threads import busy_warning, step_threads, xla_flags_for
     from . import runs
     from .registry import get_backend
     from .trainer import StopFlag, TrainingDiverged, TrainingInterrupted, check_run, train, write_run
     settings, backend, folder, rec = _resolve_train(args, argv)
+    if backend == "jax" and "jax" not in sys.modules:   # XLA's threads are fixed when jax starts
+        os.environ["XLA_FLAGS"] = xla_flags_for(settings["batch_size"], os.environ.get("XLA_FLAGS", ""))
     get_backend(backend)  # fail fast on an unknown or missing backend
     for k, v in settings.items():
         setattr(args, k, v)

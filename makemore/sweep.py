@@ -41,12 +41,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from shared.config import preset_recipe
+from shared.threads import XLA_ONE_THREAD
 
 from . import runs
 from .study import CHOICES, CONDITIONS, LECTURE, Study, config, definition_json
 
 STUDIES_DIR = Path("runs/studies")
-XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 HEARTBEAT_S, GRACE_S = 10, 60     # RDB heartbeat: a trial silent for GRACE_S is failed
 MAX_ERRORS = 3                    # a worker stops after this many trials in a row fail with an error
 MAX_REJECTED = 1000               # ... or after this many samples in a row are over max_params

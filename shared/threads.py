@@ -40,19 +40,37 @@ def step_threads(batch_size: int) -> int | None:
     return 1 if batch_size <= SMALL_BATCH else None
 
 
+# XLA's CPU runtime on one thread (its flags are read once, when jax starts)
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def xla_flags_for(batch_size: int, flags: str = "") -> str:
+    """The XLA_FLAGS a JAX training process at `batch_size` should start with: `flags` plus
+    XLA_ONE_THREAD where step_threads gives 1 (batch <= SMALL_BATCH and no MAKEMORE_THREADS),
+    as numpy's and torch's steps run then, so that no path oversubscribes a busy machine;
+    `flags` unchanged otherwise, or when they already set XLA's threads. Set it in the
+    environment before jax is imported: XLA reads it once.
+
+    Raises ValueError for a malformed MAKEMORE_THREADS (step_threads)."""
+    if step_threads(batch_size) == 1 and "intra_op_parallelism_threads" not in flags:
+        return (flags + " " + XLA_ONE_THREAD).strip()
+    return flags
+
+
 def busy_warning(batch_size: int, backend: str = "numpy") -> str | None:
     """A warning to print when a training step would run on more than one thread while the
     machine is already busy (1-minute load average above cores - 1): the case where the extra
     threads made steps 5-30x slower here. numpy and torch follow step_threads (one thread at
     batch <= 64 unless MAKEMORE_THREADS asks for more; the library's own setting above 64,
-    where threads pay off); JAX's XLA runtime spreads over every core this process may use. None when nothing oversubscribes, or
+    where threads pay off); JAX's XLA runtime spreads over every core this process may use
+    unless XLA_FLAGS sets one thread (makemore train does at batch <= 64: xla_flags_for). None when nothing oversubscribes, or
     where there is no load average.
 
     Raises ValueError for a malformed MAKEMORE_THREADS (step_threads)."""
     cores = available_cores()
     n = step_threads(batch_size)
-    if backend == "jax" and batch_size <= SMALL_BATCH:
-        n = cores
+    if backend == "jax":   # XLA's pool: one thread only where XLA_FLAGS says so (xla_flags_for)
+        n = 1 if "intra_op_parallelism_threads=1" in os.environ.get("XLA_FLAGS", "") else cores
     if batch_size > SMALL_BATCH or not n or n < 2 or not hasattr(os, "getloadavg"):
         return None   # large batches: the extra threads pay off
     load = os.getloadavg()[0]

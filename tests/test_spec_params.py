@@ -188,11 +188,26 @@ def test_busy_warning_only_when_asked_for_threads_on_a_busy_machine(monkeypatch)
     assert "2 threads" in w and "unset MAKEMORE_THREADS" in w and "load 3.2 on 2 cores" in w
     assert threads.busy_warning(4096) is None                    # large batches: threads pay off
     monkeypatch.delenv("MAKEMORE_THREADS")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     w = threads.busy_warning(32, "jax")                          # XLA uses every core
     assert "jax would train on 2 threads" in w and "taskset" in w
+    monkeypatch.setenv("XLA_FLAGS", threads.xla_flags_for(32))   # as makemore train sets it
+    assert threads.busy_warning(32, "jax") is None
     assert threads.busy_warning(32, "torch") is None
     monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.5, 0.5))
     assert threads.busy_warning(32) is None                      # quiet machine
+
+
+def test_xla_flags_for_one_thread_where_numpy_and_torch_take_one(monkeypatch):
+    from shared import threads
+    monkeypatch.delenv("MAKEMORE_THREADS", raising=False)
+    one = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"   # XLA's flag names
+    assert threads.xla_flags_for(32) == one
+    assert threads.xla_flags_for(32, "--xla_dump_to=/tmp/x") == "--xla_dump_to=/tmp/x " + one
+    assert threads.xla_flags_for(256, "--a") == "--a"                            # large batches: every core
+    assert threads.xla_flags_for(32, "intra_op_parallelism_threads=2") == "intra_op_parallelism_threads=2"
+    monkeypatch.setenv("MAKEMORE_THREADS", "2")
+    assert threads.xla_flags_for(32) == ""                                      # asked for two
 
 
 def test_spec_layers_are_always_a_tuple():
