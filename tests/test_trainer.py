@@ -11,7 +11,9 @@ from shared.params import init_params
 from shared.spec import get_spec
 from shared.stream import BatchStream, DropoutStream, dropout_shapes, seed_streams
 
-FAST = [b for b in available_backends() if hasattr(get_backend(b), "fast_train_steps")]
+# numpy and JAX: the prefetch is the trainer's, the same for every backend (torch's compile of the
+# fused step would add half a minute to the suite and test nothing more here)
+FAST = [b for b in available_backends() if b != "torch"]
 
 
 @pytest.mark.parametrize("backend", FAST)
