@@ -647,8 +647,8 @@ def report(name: str, url: str, folder: Path, plots: bool = True, top: int | Non
     states = {s: sum(t.state == s for t in trials) for s in TrialState}
     lines = [f"study {name} ({_shown(url)}): {len(trials)} trials, {states[TrialState.COMPLETE]} complete, "
              f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed, "
-             f"{states[TrialState.RUNNING]} running; {d.get('backend') or 'fastest backend'}"
-             f"{' --fast' if d.get('fast') else ''}, preset {d.get('preset', '?')}"]
+             f"{states[TrialState.RUNNING]} running; backend {d.get('backend') or 'the fastest installed'}"
+             f"{' with --fast' if d.get('fast') else ''}, preset {d.get('preset', '?')}"]
 
     def key(t):
         order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}.get(t.state, 2)
