@@ -60,30 +60,26 @@ def xla_flags_for(batch_size: int, flags: str = "") -> str:
 def busy_warning(batch_size: int, backend: str = "numpy") -> str | None:
     """A warning to print when a training step would run on more than one thread while the
     machine is already busy (1-minute load average above cores - 1): the case where the extra
-    threads made steps 5-30x slower here. numpy and torch follow step_threads (one thread at
-    batch <= 64 unless MAKEMORE_THREADS asks for more; the library's own setting above 64,
-    where threads pay off); JAX's XLA runtime spreads over every core this process may use
-    unless XLA_FLAGS sets one thread (makemore train does at batch <= 64: xla_flags_for). None when nothing oversubscribes, or
-    where there is no load average.
+    threads made steps 3-30x slower here (numpy's fast step at batch 256: 13.7 against 41.8
+    steps/s on one thread at load 3; batch 32: 5-30x). numpy and torch follow step_threads (one
+    thread at batch <= 64 unless MAKEMORE_THREADS asks for more; the library's own setting,
+    every core, above 64); JAX's XLA runtime spreads over every core this process may use
+    unless XLA_FLAGS sets one thread (makemore train does where step_threads gives 1:
+    xla_flags_for). None when nothing oversubscribes, or where there is no load average.
 
     Raises ValueError for a malformed MAKEMORE_THREADS (step_threads)."""
     cores = available_cores()
-    n = step_threads(batch_size)
+    n = step_threads(batch_size) or cores   # None: the library's own setting, every core
     if backend == "jax":   # XLA's pool: one thread only where XLA_FLAGS says so (xla_flags_for)
         n = 1 if "intra_op_parallelism_threads=1" in os.environ.get("XLA_FLAGS", "") else cores
-    if batch_size > SMALL_BATCH or not n or n < 2 or not hasattr(os, "getloadavg"):
-        return None   # large batches: the extra threads pay off
+    if n < 2 or not hasattr(os, "getloadavg"):
+        return None
     load = os.getloadavg()[0]
     if load <= cores - 1:
         return None
-    if backend == "jax":
-        fix = "run it pinned to one core (taskset -c 0 makemore ...) or when the machine is quiet"
-    elif raw_threads():
-        fix = f"unset {ENV} for one thread"
-    else:
-        fix = f"set {ENV}=1 for one thread"
+    fix = f"set {ENV}=1 for one thread" + (" (XLA too)" if backend == "jax" else "")
     return (f"warning: {backend} would train on {n} threads (batch {batch_size}) on a busy machine "
-            f"(load {load:.1f} on {cores} cores): extra threads made such steps 5-30x slower here; {fix}")
+            f"(load {load:.1f} on {cores} cores): extra threads made such steps 3-30x slower here; {fix}")
 
 
 def raw_threads() -> str:

@@ -185,12 +185,16 @@ def test_busy_warning_only_when_asked_for_threads_on_a_busy_machine(monkeypatch)
     assert threads.busy_warning(32) is None                     # the default: one thread
     monkeypatch.setenv("MAKEMORE_THREADS", "2")
     w = threads.busy_warning(32)
-    assert "2 threads" in w and "unset MAKEMORE_THREADS" in w and "load 3.2 on 2 cores" in w
-    assert threads.busy_warning(4096) is None                    # large batches: threads pay off
+    assert "2 threads" in w and "set MAKEMORE_THREADS=1" in w and "load 3.2 on 2 cores" in w
+    monkeypatch.delenv("MAKEMORE_THREADS")
+    w = threads.busy_warning(256)           # the library's own setting: every core, slower when busy
+    assert "numpy would train on 2 threads (batch 256)" in w and "set MAKEMORE_THREADS=1" in w
+    monkeypatch.setenv("MAKEMORE_THREADS", "1")
+    assert threads.busy_warning(256) is None and threads.busy_warning(256, "torch") is None
     monkeypatch.delenv("MAKEMORE_THREADS")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     w = threads.busy_warning(32, "jax")                          # XLA uses every core
-    assert "jax would train on 2 threads" in w and "taskset" in w
+    assert "jax would train on 2 threads" in w and "MAKEMORE_THREADS=1" in w
     monkeypatch.setenv("XLA_FLAGS", threads.xla_flags_for(32))   # as makemore train sets it
     assert threads.busy_warning(32, "jax") is None
     assert threads.busy_warning(32, "torch") is None
