@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # pytest-benchmark suites in bench/ (not part of `make test`): raw JSON, bench.md, bench.json and
-# bench.png in runs/bench; `make bench-quick` is wavenet, batch 32, float32 only (under a minute).
+# bench.png in runs/bench; `make bench-quick` is wavenet, batch 32, float32 only (about a minute).
 # The reference runs committed in bench/results and bench/results-quick are copies of these folders.
 bench: $(STAMP)
 	$(BIN)/makemore bench --out runs/bench

@@ -59,9 +59,12 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 0 <= self.warmup <= max(self.steps, 0) or (self.warmup and self.schedule != "cosine"):
-            raise ValueError(f"warmup must be 0..steps ({self.steps}) and needs schedule 'cosine', "
-                             f"got {self.warmup} with {self.schedule!r}")
+        if self.warmup and self.schedule != "cosine":
+            raise ValueError(f"warmup {self.warmup} needs schedule 'cosine' (the step schedule has no "
+                             "warm-up); add --schedule cosine or drop --warmup")
+        if not 0 <= self.warmup <= max(self.steps, 0):
+            raise ValueError(f"warmup must be 0..steps ({self.steps}), got {self.warmup}; give a "
+                             "shorter --warmup or more --steps")
         if self.weight_decay and self.optimizer != "adamw":
             raise ValueError(f"weight_decay {self.weight_decay} needs optimizer 'adamw' (SGD here has none)")
         if not 0 <= self.dropout < 1:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import BACKENDS, BITWISE_FAST, assert_same, fast_steps, loaded_model, perturbed_params
+from makemore import cli
 from makemore.registry import get_backend
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.config import TrainConfig
@@ -142,3 +143,16 @@ def test_a_checkpoint_with_per_position_stats_loads_in_every_backend(tmp_path):
         model = B.build_model(md["spec"])
         B.load_params(model, params)
         np.testing.assert_array_equal(B.export_params(model)["7.running_var"], p["7.running_var"])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_fast_with_the_prefix_batchnorm_is_refused_before_the_run_folder_is_written(backend, tmp_path, names_path, capsys):
+    pytest.importorskip(backend)
+    out = tmp_path / "run"
+    argv = ["train", "--backend", backend, "--fast", "--bn-per-position", "--steps", "10", "--data",
+            str(names_path), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pre-fix BatchNorm" in err and "without --fast" in err and err.count("\n") == 1, err
+    assert not out.exists()                      # nothing written: the retry without --fast is free
+    assert cli.main([a for a in argv if a != "--fast"]) == 0

@@ -128,6 +128,9 @@ def test_cosine_schedule_with_warmup():
     assert lr_at(TrainConfig(steps=4, schedule="cosine"), 0) == 0.1   # no warm-up: the peak first
     with pytest.raises(ValueError, match="needs schedule 'cosine'"):
         TrainConfig(warmup=10)
+    with pytest.raises(ValueError, match=r"warmup must be 0..steps \(300\), got 2000; give a shorter --warmup") as e:
+        TrainConfig(steps=300, schedule="cosine", warmup=2000)
+    assert "cosine" not in str(e.value)          # the schedule is not what is wrong
 
 
 def test_lr_schedule():
