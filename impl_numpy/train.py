@@ -161,7 +161,7 @@ def sequence_train_step(model, opt: Optimizer, X, Y, mask=None) -> float:
     real targets. Raises ValueError (shared.checks.check_sequences) before any state changes."""
     X, Y, mask = check_sequences(model.spec, X, Y, mask, train=True)
     model.train()
-    with threads_for(int(mask.sum())):
+    with threads_for(len(X)):   # rows: names, as the CLI reads --batch-size
         logits = _sequence_logits(model, X.astype(np.int64, copy=False), window_counts(model.spec, mask))
         loss, dlogits = sequence_cross_entropy(logits, Y.astype(np.int64, copy=False), mask)
         model.backward(dlogits.reshape(model.out.shape))
