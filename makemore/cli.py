@@ -333,13 +333,14 @@ def _checkpoint_phrase(path: Path) -> str:
         return f"the checkpoint {path} is unreadable"
 
 
-def cmd_sample(args) -> int:
+def _checkpoint_model(args):
+    """(backend module, model, checkpoint metadata, path) for `sample` and `evaluate`:
+    --checkpoint (a .safetensors file or a run folder) loaded into --backend's model. Raises
+    CheckpointError / ParamError for a checkpoint that is missing or does not fit, BackendError
+    for a backend that is not installed."""
     from shared.checkpoint import load_checkpoint
-    from shared.stream import sampling_uniforms
     from .registry import get_backend
     from .runs import CHECKPOINT
-    if args.n < 1:
-        raise UsageError(f"-n must be >= 1, got {args.n}")
     B = get_backend(args.backend or default_backend())
     path = Path(args.checkpoint)
     if path.is_dir():
@@ -347,6 +348,14 @@ def cmd_sample(args) -> int:
     params, md = load_checkpoint(path)
     model = B.build_model(md["spec"])
     B.load_params(model, params)
+    return B, model, md, path
+
+
+def cmd_sample(args) -> int:
+    from shared.stream import sampling_uniforms
+    if args.n < 1:
+        raise UsageError(f"-n must be >= 1, got {args.n}")
+    B, model, md, _ = _checkpoint_model(args)
     for toks in B.sample(model, sampling_uniforms(args.seed, args.n)):
         print(md["vocab"].decode(toks + [0]))
     return 0
@@ -356,22 +365,13 @@ def cmd_evaluate(args) -> int:
     """`makemore evaluate --checkpoint CKPT [--split val]`: prints the split's mean cross-entropy
     (nats per character) in eval mode over the whole split, as the lecture's split_loss (Part 5).
     Raises UsageError when the names file's vocabulary is not the checkpoint's."""
-    from shared.checkpoint import load_checkpoint
     from shared.data import load_dataset
-    from .registry import get_backend
-    from .runs import CHECKPOINT
-    B = get_backend(args.backend or default_backend())
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    params, md = load_checkpoint(path)
+    B, model, md, path = _checkpoint_model(args)
     spec = md["spec"]
     data = load_dataset(spec.block_size, args.data)
     if data.vocab.itos != md["vocab"].itos:
         raise UsageError(f"{path} was trained on another vocabulary ({len(md['vocab'].itos)} characters) "
                          f"than this names file's ({len(data.vocab.itos)}): give the run's --data")
-    model = B.build_model(spec)
-    B.load_params(model, params)
     X, Y = data.split(args.split)
     loss = float(B.evaluate(model, X, Y))
     print(f"{args.split} loss {loss:.4f}  ({len(Y):,} examples, {spec.name}, step {md.get('step')}, {B.NAME})")
