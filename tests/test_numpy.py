@@ -42,6 +42,25 @@ def check_close(got, want, what, rtol=1e-6, atol=1e-9):
     assert err <= atol + rtol * scale, f"{what}: max |analytic - numeric| = {err:.3g} (scale {scale:.3g})"
 
 
+def check_grads_fd(params, grads, loss, rng, n, what):
+    """Each gradient in `grads` against central differences of loss() (step H) in its parameter
+    (`params[name]`, perturbed in place and restored): every coordinate of a tensor of at most
+    `n`, n random coordinates of a larger one. rtol 1e-5, atol 1e-8."""
+    for k, g in grads.items():
+        x = params[k]
+        idx = list(np.ndindex(x.shape))
+        if len(idx) > n:
+            idx = [idx[j] for j in rng.choice(len(idx), n, replace=False)]
+        num = []
+        for i in idx:
+            old = x[i]
+            x[i] = old + H; fp = loss()
+            x[i] = old - H; fm = loss()
+            x[i] = old
+            num.append((fp - fm) / (2 * H))
+        check_close(np.array([g[i] for i in idx]), np.array(num), f"{what} {k}", rtol=1e-5, atol=1e-8)
+
+
 def layer_fd(layer, x, rng, params=()):
     """Check layer.backward against finite differences of L = sum(layer(x) * R): dx and each param."""
     R = rng.normal(size=layer(x).shape)
@@ -165,19 +184,7 @@ def test_sequence_gradients_against_finite_differences(rng):
 
     def loss():
         return N.sequence_loss_and_grads(model, X, Y, mask)[0]
-    for k, g in grads.items():
-        x = params[k]
-        idx = list(np.ndindex(x.shape))
-        if len(idx) > 30:
-            idx = [idx[j] for j in rng.choice(len(idx), 30, replace=False)]
-        num = []
-        for i in idx:
-            old = x[i]
-            x[i] = old + H; fp = loss()
-            x[i] = old - H; fm = loss()
-            x[i] = old
-            num.append((fp - fm) / (2 * H))
-        check_close(np.array([g[i] for i in idx]), np.array(num), f"sequence {k}", rtol=1e-5, atol=1e-8)
+    check_grads_fd(params, grads, loss, rng, 30, "sequence")
 
 
 def test_tanh_backward(rng):
@@ -221,20 +228,7 @@ def test_whole_model_gradients_against_finite_differences(preset, rng):
     def loss():
         return N.loss_and_grads(model, X, Y)[0]   # train mode: batch stats, as the gradient
     params = dict(model.named_parameters())
-    for k, g in grads.items():
-        # every coordinate of small tensors; 40 random coordinates of large ones
-        x = params[k]
-        idx = list(np.ndindex(x.shape))
-        if len(idx) > 40:
-            idx = [idx[j] for j in rng.choice(len(idx), 40, replace=False)]
-        num = []
-        for i in idx:
-            old = x[i]
-            x[i] = old + H; fp = loss()
-            x[i] = old - H; fm = loss()
-            x[i] = old
-            num.append((fp - fm) / (2 * H))
-        check_close(np.array([g[i] for i in idx]), np.array(num), f"{preset} {k}", rtol=1e-5, atol=1e-8)
+    check_grads_fd(params, grads, loss, rng, 40, preset)
 
 
 # ---- BatchNorm forward against docs/design.md's table ----
