@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from shared.checks import check_step_batches
+from shared.spec import ModelSpec
 
 from .model import _masks
 from .train import Optimizer, _step
@@ -31,6 +32,14 @@ def _fast_step_for(model, opt: Optimizer):
     if opt not in _CACHE:
         _CACHE[opt] = jax.jit(partial(_train_steps, opt.graphdef))
     return _CACHE[opt]
+
+
+def fast_unsupported(spec: ModelSpec) -> str | None:
+    """Why the fast path cannot train `spec` (a one-line message naming the option and the way
+    out), or None when it can. The trainer asks before it writes a run folder
+    (makemore.trainer.check_run)."""
+    # jax: the scan runs train.py's own step, so every spec train_step takes is taken here
+    return None
 
 
 def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None) -> np.ndarray:

@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 
 from shared.checks import check_step_batches
+from shared.spec import ModelSpec
 
 from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Tanh
 from .model import _masks
@@ -210,6 +211,17 @@ def _fast_step_for(model, opt: Optimizer, batch_size: int) -> _FusedStep:
     return steps[batch_size]
 
 
+def fast_unsupported(spec: ModelSpec) -> str | None:
+    """Why the fast path cannot train `spec` (a one-line message naming the option and the way
+    out), or None when it can. The trainer asks before it writes a run folder
+    (makemore.trainer.check_run); fast_train_steps raises ValueError with the same message."""
+    # the fused step normalises over every row of a channel: no per-position statistics
+    if spec.batchnorm.per_position:
+        return ("the numpy fast path does not implement the lecture's pre-fix BatchNorm "
+                "(--bn-per-position, BatchNormSpec.per_position); train it without --fast, or on jax")
+    return None
+
+
 def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None) -> np.ndarray:
     """k optimizer steps (SGD or AdamW, either schedule, dropout) on the fastest honest numpy
     path (:class:`_FusedStep`); the same losses as k calls of :func:`train_step` to float
@@ -225,9 +237,9 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None) -> np.ndarray:
             shapes, a batch too small for BatchNorm) or check_masks; the model is unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
-    if model.spec.batchnorm.per_position:   # the fused step normalises over every row of a channel
-        raise ValueError("the numpy fast path does not implement the lecture's pre-fix BatchNorm "
-                         "(per position, BatchNormSpec.per_position); train it without --fast")
+    why = fast_unsupported(model.spec)
+    if why:
+        raise ValueError(why)
     masks = _masks(model, masks, Xs.shape[1], len(Xs))
     Xs, Ys = np.ascontiguousarray(Xs, dtype=np.int64), np.ascontiguousarray(Ys, dtype=np.int64)
     losses = np.empty(len(Xs), dtype=np.float64)

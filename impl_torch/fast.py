@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from shared.checks import check_step_batches
+from shared.spec import ModelSpec
 from shared.config import ADAM_BETAS, ADAM_EPS, lr_at
 
 from .model import _masks
@@ -182,6 +183,17 @@ def _fast_step_for(model, opt: Optimizer, compile: bool):
     return steps[compile]
 
 
+def fast_unsupported(spec: ModelSpec) -> str | None:
+    """Why the fast path cannot train `spec` (a one-line message naming the option and the way
+    out), or None when it can. The trainer asks before it writes a run folder
+    (makemore.trainer.check_run); fast_train_steps raises ValueError with the same message."""
+    # the fused step normalises over every row of a channel: no per-position statistics
+    if spec.batchnorm.per_position:
+        return ("the torch fast path does not implement the lecture's pre-fix BatchNorm "
+                "(--bn-per-position, BatchNormSpec.per_position); train it without --fast, or on jax")
+    return None
+
+
 def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None, compile: bool = True) -> np.ndarray:
     """k optimizer steps (SGD or AdamW, either schedule, dropout) on the fastest honest torch
     path; the same losses as k calls of train_step.
@@ -203,9 +215,9 @@ def fast_train_steps(model, opt: Optimizer, Xs, Ys, masks=None, compile: bool = 
             shapes, a batch too small for BatchNorm) or check_masks; the model is unchanged.
     """
     Xs, Ys = check_step_batches(model.spec, Xs, Ys)  # before anything changes
-    if model.spec.batchnorm.per_position:   # the fused step normalises over every row of a channel
-        raise ValueError("the torch fast path does not implement the lecture's pre-fix BatchNorm "
-                         "(per position, BatchNormSpec.per_position); train it without --fast")
+    why = fast_unsupported(model.spec)
+    if why:
+        raise ValueError(why)
     masks = _masks(model, masks, Xs.shape[1], len(Xs))
     k = len(Xs)
     X = torch.from_numpy(np.ascontiguousarray(Xs, dtype=np.int64))  # from_numpy refuses negative strides

@@ -27,9 +27,6 @@ from shared.stream import (BatchStream, DropoutStream, NameBatchStream, dropout_
                            sampling_uniforms, seed_streams)
 
 
-# the backends whose fused fast step normalises over every row of a channel and so refuses the
-# lecture's pre-fix BatchNorm (impl_numpy/fast.py, impl_torch/fast.py); JAX's scan runs train_step
-FAST_WITHOUT_PER_POSITION = ("numpy", "torch")
 FAST_CHUNK = 100  # steps per fast_train_steps call; chunks start at multiples of it, resumed or not
 DIVERGING = 2.0   # a loss averaged over 100 steps above this many times the first loss: warn
 
@@ -160,17 +157,18 @@ def check_run(backend: str, spec: ModelSpec, cfg: TrainConfig, fast: bool):
     module (registry.get_backend).
 
     Raises:
-        ValueError: `fast` on a backend without fast_train_steps, or with the pre-fix
-            BatchNorm on a backend whose fused step lacks it (FAST_WITHOUT_PER_POSITION);
+        ValueError: `fast` on a backend without fast_train_steps, or with a spec its fast path
+            cannot train (the backend's fast_unsupported(spec) says why, e.g. the pre-fix
+            BatchNorm on numpy's and torch's fused steps);
             dropout on a convolutional spec (its whole-name step has no masks yet).
         registry.BackendError: the backend is unknown or not installed.
     """
     B = get_backend(backend)
     if fast and not hasattr(B, "fast_train_steps"):
         raise ValueError(f"backend {backend!r} has no fast path (fast_train_steps); run without --fast")
-    if fast and spec.batchnorm.per_position and backend in FAST_WITHOUT_PER_POSITION:
-        raise ValueError(f"the {backend} fast path does not implement the lecture's pre-fix BatchNorm "
-                         "(--bn-per-position); train it without --fast, or on jax")
+    why = B.fast_unsupported(spec) if fast else None
+    if why:
+        raise ValueError(why)
     if spec.convolutional and cfg.dropout:
         raise ValueError(f"preset {spec.name!r} trains on whole names and does not support "
                          "--dropout yet; run without it")

@@ -113,6 +113,10 @@ class Backend(Protocol):
         """len(uniforms) names drawn in eval mode with shared.stream.sample_tokens' inverse-CDF
         draws from `uniforms` (n, max_len) float64; token lists without the end token."""
 
+    def fast_unsupported(self, spec: ModelSpec) -> str | None:
+        """Why fast_train_steps cannot train `spec` (one line naming the option and the way out),
+        or None when it can; asked before a run folder is written."""
+
     def fast_train_steps(self, model: Model, opt: Optimizer, Xs: np.ndarray, Ys: np.ndarray,
                          masks: list[np.ndarray] | None = None) -> np.ndarray:
         """k steps on the fastest honest path: Xs (k, B, block_size), Ys (k, B), masks None or

@@ -124,8 +124,12 @@ def test_a_few_sgd_steps_agree_across_backends_and_fast_paths(name):
     B2, model2 = loaded_model(name, spec, p)
     opt2 = B2.Optimizer(model2, cfg)
     if name in BITWISE_FAST:          # JAX's fast path scans the plain step: per-position BN included
+        assert B2.fast_unsupported(spec) is None
         np.testing.assert_array_equal(fast_steps(name, B2, model2, opt2, Xs, Ys), got)
     else:                             # the hand-fused steps refuse it, leaving the model unchanged
+        # the backend's own declaration (the trainer asks it before writing a run folder) says so
+        assert "pre-fix BatchNorm" in B2.fast_unsupported(spec)
+        assert B2.fast_unsupported(get_spec("wavenet-22k", dtype="float64")) is None  # the fixed layer: fine
         with pytest.raises(ValueError, match="pre-fix BatchNorm.*without --fast"):
             fast_steps(name, B2, model2, opt2, Xs, Ys)
         for k, v in p.items():
