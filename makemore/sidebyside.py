@@ -135,6 +135,7 @@ LECTURE: dict[str, tuple] = {
     "_CACHE": (("project", "docs/design.md", "Layout: the fast step cached per optimizer in fast.py's _CACHE"),),
     "_fast_step_for": (("project", "docs/design.md", "Layout: the fast step cached per optimizer in fast.py's _CACHE"),),
     "fast_train_steps": ("p4-ex4", ("project", "docs/design.md", "Layout: the fastest honest path in fast.py")),
+    "fast_unsupported": (("project", "docs/design.md", "Layout: the fastest honest path in fast.py"),),
     "tanh_layers": ("p3-visualise",),
     "record_tanh": ("p3-pytorchify", "p3-visualise"),
     "collect": ("p3-visualise",),
