@@ -37,8 +37,19 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (docs/design.md, "CLI"): `makemore sidebyside: error: ...`,
     exit status 2; `-h` still prints the full usage."""
 
+    commands: dict = {}   # the top-level parser's sub-commands (build_parser)
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        # an unknown option is the command's error ("makemore train: error: unrecognized
+        # arguments: ..."), as every other error of its options; argparse gives it to the top level
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.commands.get(getattr(ns, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+        return ns
 
 
 # The run settings of `train` and their defaults; a run folder records them, and `--resume`
@@ -96,6 +107,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     ap = _Parser(prog="makemore", description="makemore side by side in numpy, torch and JAX",
                  allow_abbrev=False)
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ap.commands = sub.choices
 
     def add(name, **kw):
         return sub.add_parser(name, allow_abbrev=False, **kw)
