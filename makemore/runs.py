@@ -76,17 +76,53 @@ def describe(folder: str | os.PathLike) -> str:
             f"({cfg.get('steps', '?')} steps)")
 
 
-def _alive(rec: dict) -> bool:
-    pid = rec.get("pid")
-    if not pid or rec.get("host") != socket.gethostname() or pid == os.getpid():
-        return False
+def proc_start(pid: int) -> str | None:
+    """The start time of process `pid` (field 22 of Linux's /proc/PID/stat, clock ticks since
+    boot; proc(5)), which tells a live pid from a reused one; None without /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_space() -> str:
+    """Where a pid means one process: this kernel boot and pid namespace (two containers, or two
+    machines, can share a hostname but not both), plus the hostname for the reader."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+        return f"{socket.gethostname()}:{boot}:{ns}"
+    except OSError:
+        return socket.gethostname()
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether process `pid` of this pid_space() still runs: it exists, is not a zombie (killed,
+    not yet reaped by its parent) and, when `start` (proc_start when it began) is given, is the
+    same process, not a new one given the same pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    now = proc_start(pid)
+    return start is None or now is None or now == start
+
+
+def _alive(rec: dict) -> bool:
+    # the process run.json names still trains the run (records without pid_space: same hostname)
+    pid = rec.get("pid")
+    if not pid or pid == os.getpid():
+        return False
+    if rec.get("pid_space", pid_space()) != pid_space() or rec.get("host") != socket.gethostname():
+        return False
+    return process_alive(pid, rec.get("pid_start"))
 
 
 def prepare_new(folder: str | os.PathLike, overwrite: bool) -> None:
@@ -115,6 +151,7 @@ def start(folder: str | os.PathLike, record: dict) -> dict:
     """Write run.json for a run that starts (or resumes) now: `record` plus status 'running',
     pid, host and the time; returns what was written."""
     rec = dict(record, status="running", pid=os.getpid(), host=socket.gethostname(),
+               pid_space=pid_space(), pid_start=proc_start(os.getpid()),
                updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
     write_atomic(Path(folder) / RUN_JSON, json.dumps(rec, indent=1, sort_keys=True))
     return rec
@@ -124,7 +161,9 @@ def mark(folder: str | os.PathLike, status: str, **extra) -> dict:
     """Update run.json's status (and any extra fields) atomically; returns the record."""
     rec = read_run(folder) or {}
     rec.update(extra, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    rec.pop("pid", None) if status != "running" else None
+    if status != "running":
+        for k in ("pid", "pid_space", "pid_start"):
+            rec.pop(k, None)
     write_atomic(Path(folder) / RUN_JSON, json.dumps(rec, indent=1, sort_keys=True))
     return rec
 

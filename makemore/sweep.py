@@ -203,51 +203,15 @@ def open_study(st: Study, storage, url: str, folder: Path, create: bool = True, 
 # ---------------------------------------------------------------- processes
 
 
-def _proc_start(pid: int) -> str | None:
-    # the process's start time (field 22 of /proc/PID/stat): tells a live pid from a reused one
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def pid_space() -> str:
-    """Where a pid means one process: this kernel boot and pid namespace (two containers, or two
-    machines, can share a hostname but not both), plus the hostname for the reader."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        ns = os.stat("/proc/self/ns/pid").st_ino
-        return f"{socket.gethostname()}:{boot}:{ns}"
-    except OSError:
-        return socket.gethostname()
-
-
-def _alive(pid: int, start: str | None) -> bool:
-    # a zombie (killed, not yet reaped by its parent) is dead too
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-    except (OSError, IndexError):
-        pass
-    now = _proc_start(pid)
-    return start is None or now is None or now == start
-
-
 def fail_dead_trials(study, storage, log=None) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker is gone: by pid for workers of this machine (the
     same pid_space), by heartbeat on an RDB storage. Returns the trial numbers failed here."""
     import optuna
     from optuna.trial import TrialState
-    here, failed = pid_space(), []
+    here, failed = runs.pid_space(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         a = t.user_attrs
-        if a.get("pid_space") != here or not a.get("pid") or _alive(int(a["pid"]), a.get("pid_start")):
+        if a.get("pid_space") != here or not a.get("pid") or runs.process_alive(int(a["pid"]), a.get("pid_start")):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "outcome", "worker died")
@@ -382,9 +346,9 @@ class _Trainer:
         from .trainer import TrainingDiverged, TrainingInterrupted, train, write_run
         st, n = self.st, trial.number
         trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid_space", pid_space())
+        trial.set_user_attr("pid_space", runs.pid_space())
         trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("pid_start", _proc_start(os.getpid()))
+        trial.set_user_attr("pid_start", runs.proc_start(os.getpid()))
         trial.set_user_attr("worker", worker)
         values = sample_values(st, trial)
         try:

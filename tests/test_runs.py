@@ -6,15 +6,17 @@ a SIGKILL of a real process."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import BACKENDS, RECIPE, ROOT
-from makemore import cli
+from makemore import cli, runs
 from makemore.trainer import TrainingInterrupted, train
 from shared.checkpoint import load_checkpoint
 from shared.config import TrainConfig
@@ -280,3 +282,31 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path, names_path):
                        capture_output=True, text=True, timeout=120)
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
     assert p.stdout.startswith("numpy mlp: 12,097 parameters")
+
+
+def _state(pid):
+    # the process state letter of proc(5), read here (not through makemore.runs)
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_killed_process_not_yet_reaped_or_a_reused_pid_does_not_hold_the_run():
+    # a zombie (SIGKILLed, its parent has not called wait() yet) answers os.kill(pid, 0), and a
+    # pid can be given to a new process: neither is the run's trainer any more
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        rec = {"pid": p.pid, "host": socket.gethostname(), "pid_space": runs.pid_space(),
+               "pid_start": runs.proc_start(p.pid)}
+        assert runs._alive(rec)                                   # running: it holds the run
+        assert not runs._alive({**rec, "pid_start": "1"})         # same pid, another process
+        assert not runs._alive({**rec, "pid_space": "elsewhere:boot:1"})  # another machine's pid
+        p.send_signal(signal.SIGKILL)
+        t0 = time.time()
+        while _state(p.pid) != "Z" and time.time() - t0 < 10:
+            time.sleep(0.01)
+        assert _state(p.pid) == "Z"               # killed, not reaped: a zombie
+        assert not runs._alive(rec)
+    finally:
+        p.kill()
+        p.wait()
+    assert not runs._alive(rec)                                   # reaped: gone

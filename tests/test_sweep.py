@@ -19,7 +19,7 @@ from helpers import ROOT
 pytest.importorskip("optuna")   # the `sweep` extra (make test installs it)
 from makemore import cli
 from makemore import study as studies
-from makemore import sweep
+from makemore import runs, sweep
 
 SMOKE = ROOT / "studies" / "smoke.toml"
 PG = os.environ.get("MAKEMORE_TEST_POSTGRES")
@@ -126,13 +126,13 @@ def test_a_dead_workers_running_trial_is_marked_failed(tmp_path, kind):
     dead = subprocess.Popen(["true"])
     dead.wait()
     t = study.ask()
-    t.set_user_attr("pid_space", sweep.pid_space())
+    t.set_user_attr("pid_space", runs.pid_space())
     t.set_user_attr("pid", dead.pid)
     t.set_user_attr("pid_start", "1")
     alive = study.ask()
-    alive.set_user_attr("pid_space", sweep.pid_space())
+    alive.set_user_attr("pid_space", runs.pid_space())
     alive.set_user_attr("pid", os.getpid())
-    alive.set_user_attr("pid_start", sweep._proc_start(os.getpid()))
+    alive.set_user_attr("pid_start", runs.proc_start(os.getpid()))
     elsewhere = study.ask()   # another machine (or container) with the same hostname: not ours to judge
     elsewhere.set_user_attr("pid_space", os.uname().nodename + ":other-boot:1")
     elsewhere.set_user_attr("pid", dead.pid)
