@@ -291,10 +291,24 @@ def cmd_train(args, argv) -> int:
               "resumed_with": runs.command_line(argv) if rec is not None else None}
     if rec is not None:
         record["command"] = rec["command"]
+    from shared.data import data_note
+    note = data_note(data_path, sha, data)
+    if note:
+        print(f"makemore train: note: {note}", file=sys.stderr)
+        record["data"]["note"] = note
     runs.start(folder, record)
     verb = "resuming" if rec is not None else "writing to"
+    where = ""
+    if rec is not None:   # the step it goes on from: the checkpoint's, or 0 when none was written
+        from shared.checkpoint import read_metadata
+        ck = folder / runs.CHECKPOINT
+        try:
+            where = (f" from step {read_metadata(ck).get('step')} ({ck})" if ck.is_file()
+                     else " from step 0 (no checkpoint was written)")
+        except ValueError:   # unreadable: the trainer's resume says what is wrong with it
+            pass
     print(f"{backend} {spec.name}: {num_params(spec):,} parameters, {spec.dtype}, "
-          f"{len(data.train[0]):,} training examples; {verb} {folder}", flush=True)
+          f"{len(data.train[0]):,} training examples; {verb} {folder}{where}", flush=True)
     from tqdm import tqdm
     try:
         with StopFlag() as stop:

@@ -213,6 +213,26 @@ class Dataset:
         return getattr(self, name)
 
 
+LECTURE_VOCAB = (SPECIAL,) + tuple("abcdefghijklmnopqrstuvwxyz")   # names.txt's 27 characters
+
+
+def data_note(path: str | os.PathLike, sha256: str, data: "Dataset") -> str | None:
+    """One line for a names file that is not the lecture's names.txt (its sha256 differs) and
+    whose vocabulary is not names.txt's 27 characters ('.' and a-z), naming the extra
+    characters and the first name that holds one: such a file trains (makemore takes any
+    characters but '.' and whitespace), but on another vocab_size, so on another parameter count
+    than the lecture's. None for names.txt itself, or a file of its characters."""
+    if sha256 == NAMES_SHA256:
+        return None
+    extra = [c for c in data.vocab.itos if c not in LECTURE_VOCAB]
+    if not extra:
+        return None
+    first = next(w for ws in data.words for w in ws if any(c in extra for c in w))
+    return (f"{path} is not the lecture's names.txt (sha256 {sha256[:12]}...): its vocabulary "
+            f"({data.vocab.vocab_size} characters) holds {', '.join(map(repr, extra))}, not among names.txt's "
+            f"27 ('.' and a-z) (e.g. in {first!r}); vocab_size and the parameter count follow it")
+
+
 def load_dataset(block_size: int, path: str | os.PathLike | None = None) -> Dataset:
     """Find and read names.txt, build the vocab, split the words and build X/Y for each split."""
     p = find_names_file(path)

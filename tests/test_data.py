@@ -133,3 +133,24 @@ def test_check_token_ids():
         check_token_ids(np.array([[-1, 3]]), 27)
     with pytest.raises(ValueError, match="integers"):
         check_token_ids(np.array([[0.5]]), 27)
+
+
+def test_a_file_with_characters_outside_names_txts_is_named_when_training(tmp_path, names_path, capsys):
+    # one corrupted line (digits) in the real file still trains, on 28 characters, but is said
+    from makemore import cli
+    words = D.read_words(names_path)
+    bad = tmp_path / "names.txt"
+    bad.write_text("\n".join(words[:200] + ["r2d2"] + words[200:400]) + "\n")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--backend", "numpy", "--preset", "mlp", "--steps", "5", "--data", str(bad),
+                     "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    note = [l for l in err.splitlines() if "note:" in l]
+    assert len(note) == 1 and "'2'" in note[0] and "'r2d2'" in note[0] and "(28 characters)" in note[0], err
+    import json
+    assert "'2'" in json.loads((out / "run.json").read_text())["data"]["note"]
+    # the lecture's own file (and any file of its 27 characters) says nothing
+    assert D.data_note(names_path, D.NAMES_SHA256, D.load_dataset(3, names_path)) is None
+    ok = tmp_path / "ok.txt"
+    ok.write_text("\n".join(words[:400]) + "\n")
+    assert D.data_note(ok, "0" * 64, D.load_dataset(3, ok)) is None

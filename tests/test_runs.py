@@ -237,7 +237,7 @@ def test_sigkill_at_an_arbitrary_moment_then_resume_is_bitwise(backend, fast, tm
     p = _spawn(["train", "--resume", str(out), "--no-progress"])
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr
-    assert "resuming" in stdout
+    assert "resuming" in stdout and "from step " in stdout, stdout   # names the step it goes on from
     a, b = load_checkpoint(ref / "checkpoint.safetensors"), load_checkpoint(out / "checkpoint.safetensors")
     for k in a[0]:
         np.testing.assert_array_equal(a[0][k], b[0][k], err_msg=k)
