@@ -76,13 +76,21 @@ def describe(folder: str | os.PathLike) -> str:
             f"({cfg.get('steps', '?')} steps)")
 
 
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    # (state, start time) of process `pid`: fields 3 and 22 of Linux's /proc/PID/stat (proc(5));
+    # None where there is no such process or no /proc
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
 def proc_start(pid: int) -> str | None:
     """The start time of process `pid` (field 22 of Linux's /proc/PID/stat, clock ticks since
     boot; proc(5)), which tells a live pid from a reused one; None without /proc."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
 
 
 def pid_space() -> str:
@@ -106,13 +114,10 @@ def process_alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:
         pass
-    try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-    except (OSError, IndexError):
-        pass
-    now = proc_start(pid)
-    return start is None or now is None or now == start
+    stat = _proc_stat(pid)   # one read for the state and the start time
+    if stat and stat[0] in ("Z", "X"):
+        return False
+    return start is None or stat is None or stat[1] == start
 
 
 def _alive(rec: dict) -> bool:
@@ -120,7 +125,8 @@ def _alive(rec: dict) -> bool:
     pid = rec.get("pid")
     if not pid or pid == os.getpid():
         return False
-    if rec.get("pid_space", pid_space()) != pid_space() or rec.get("host") != socket.gethostname():
+    here = pid_space()
+    if rec.get("pid_space", here) != here or rec.get("host") != socket.gethostname():
         return False
     return process_alive(pid, rec.get("pid_start"))
 
