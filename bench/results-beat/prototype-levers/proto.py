@@ -8,20 +8,25 @@ arguments, parameter count, seconds, final train/val (live and EMA) and a 20,000
 import argparse, json, time, sys, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 import numpy as np, jax, jax.numpy as jnp, optax
+from shared.config import ADAM_BETAS, ADAM_EPS, PRESET_RECIPES
 from shared.data import load_dataset
+from shared.spec import BatchNormSpec
+
+R = PRESET_RECIPES["wavenet-tuned"]   # the defaults are the preset's recipe, read from the project
+BN = BatchNormSpec()                  # the 'lecture' convention's eps and momentum
 
 p = argparse.ArgumentParser()
 p.add_argument("--variant", default="base")  # base | gated
 p.add_argument("--H", type=int, default=128)
 p.add_argument("--E", type=int, default=24)
-p.add_argument("--steps", type=int, default=200000)
-p.add_argument("--batch", type=int, default=256)
+p.add_argument("--steps", type=int, default=R["steps"])
+p.add_argument("--batch", type=int, default=R["batch_size"])
 p.add_argument("--seed", type=int, default=42)
-p.add_argument("--lr", type=float, default=0.002697544031865101)
-p.add_argument("--lr-final", type=float, default=1e-5)
-p.add_argument("--warmup", type=int, default=1000)
-p.add_argument("--wd", type=float, default=0.0005719979375401332)
-p.add_argument("--dropout", type=float, default=0.09665423532504692)
+p.add_argument("--lr", type=float, default=R["lr"])
+p.add_argument("--lr-final", type=float, default=R["lr_final"])
+p.add_argument("--warmup", type=int, default=R["warmup"])
+p.add_argument("--wd", type=float, default=R["weight_decay"])
+p.add_argument("--dropout", type=float, default=R["dropout"])
 p.add_argument("--emb-dropout", type=float, default=0.0)
 p.add_argument("--residual", action="store_true")
 p.add_argument("--ls", type=float, default=0.0)
@@ -30,8 +35,8 @@ p.add_argument("--out", required=True)
 a = p.parse_args()
 
 d = load_dataset(8, os.environ.get("MAKEMORE_DATA"))
-Xtr, Ytr = map(jnp.asarray, d.train); Xva, Yva = map(jnp.asarray, d.val); Xte, Yte = map(jnp.asarray, d.test)
-V, E, H = 27, a.E, a.H
+Xtr, Ytr = map(jnp.asarray, d.train); Xva, Yva = map(jnp.asarray, d.val)   # never the test split
+V, E, H = d.vocab.vocab_size, a.E, a.H
 G = 2 if a.variant == "gated" else 1
 rng = np.random.default_rng(a.seed)
 params, bufs = {"emb": rng.standard_normal((V, E))}, {}
@@ -58,17 +63,16 @@ def forward(params, bufs, X, train, key=None):
         x = x.reshape(B, T // 2, 2 * C)
         inp = x
         h = x @ params[f"W{k}"]
-        axes = (0, 1) if h.ndim == 3 and h.shape[1] > 1 else (0,)
         if h.shape[1] == 1: h = h[:, 0]; inp = inp[:, 0]
         axes = tuple(range(h.ndim - 1))
         if train:
             n = np.prod([h.shape[i] for i in axes])
             m = h.mean(axes); v = ((h - m) ** 2).sum(axes) / (n - 1)
-            newb[f"rm{k}"] = 0.9 * bufs[f"rm{k}"] + 0.1 * jax.lax.stop_gradient(m)
-            newb[f"rv{k}"] = 0.9 * bufs[f"rv{k}"] + 0.1 * jax.lax.stop_gradient(v)
+            newb[f"rm{k}"] = (1 - BN.momentum) * bufs[f"rm{k}"] + BN.momentum * jax.lax.stop_gradient(m)
+            newb[f"rv{k}"] = (1 - BN.momentum) * bufs[f"rv{k}"] + BN.momentum * jax.lax.stop_gradient(v)
         else:
             m, v = bufs[f"rm{k}"], bufs[f"rv{k}"]
-        h = params[f"g{k}"] * (h - m) / jnp.sqrt(v + 1e-5) + params[f"b{k}"]
+        h = params[f"g{k}"] * (h - m) / jnp.sqrt(v + BN.eps) + params[f"b{k}"]
         if G == 2:
             h = jnp.tanh(h[..., :H]) * jax.nn.sigmoid(h[..., H:])
         else:
@@ -91,7 +95,7 @@ def xent(logits, Y, ls=0.0):
 
 sched = optax.warmup_cosine_decay_schedule(0.0, a.lr, a.warmup, a.steps, a.lr_final)
 mask = {k: k.startswith("W") or k == "emb" for k in params}
-tx = optax.adamw(sched, b1=0.9, b2=0.999, eps=1e-8, weight_decay=a.wd, mask=mask)
+tx = optax.adamw(sched, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, weight_decay=a.wd, mask=mask)
 opt = tx.init(params)
 decays = [float(x) for x in a.ema.split(",")] if a.ema else []
 emas = [(params, bufs) for _ in decays]
@@ -129,8 +133,9 @@ for s in range(0, a.steps, CH):
     if (s + CH) % 20000 == 0:
         va = float(evalf(carry[0], carry[1], Xva, Yva))
         ev = [float(evalf(ep, eb, Xva, Yva)) for ep, eb in carry[3]]
-        log.append((s + CH, float(losses.mean()), va, ev))
-        print(s + CH, f"{time.time()-t0:.0f}s", f"train~{float(losses.mean()):.4f} val {va:.4f} ema {['%.4f' % e for e in ev]}", flush=True)
+        tr = float(losses.mean())
+        log.append((s + CH, tr, va, ev))
+        print(s + CH, f"{time.time()-t0:.0f}s", f"train~{tr:.4f} val {va:.4f} ema {['%.4f' % e for e in ev]}", flush=True)
 params, bufs, _, emas = carry
 res = {"args": vars(a), "params": int(nparams), "seconds": time.time() - t0,
        "train": float(evalf(params, bufs, Xtr, Ytr)), "val": float(evalf(params, bufs, Xva, Yva)),
