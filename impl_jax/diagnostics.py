@@ -17,13 +17,13 @@ from contextlib import contextmanager
 import numpy as np
 from flax import nnx
 
-from .layers import Tanh
+from .layers import Gate, Tanh
 from .model import _flax_fields, _targets, _tokens, cross_entropy
 
 
 def tanh_layers(model) -> list[int]:
-    """Indices (canonical layer numbers) of the Tanh layers, in order."""
-    return [i for i, layer in enumerate(model.layers) if isinstance(layer, Tanh)]
+    """Indices (canonical layer numbers) of the Tanh and Gate layers (the activations), in order."""
+    return [i for i, layer in enumerate(model.layers) if isinstance(layer, (Tanh, Gate))]
 
 
 @contextmanager

@@ -158,6 +158,29 @@ class Tanh(nnx.Module):
         return y
 
 
+# Flax has no tanh-sigmoid gate (nnx.glu gates a linear half): a small Module, recording as Tanh.
+class Gate(nnx.Module):
+    """The gated activation unit of WaveNet (van den Oord et al. 2016, eq. 2): x (..., 2 * dim)
+    -> out (..., dim) = tanh(a) * sigmoid(b), a = x[..., :dim] the filter half, b = x[..., dim:]
+    the gate half; dtype kept. jax.grad gives the backward. `record`: the diagnostics hook, as
+    Tanh's.
+
+    Raises ValueError for an input whose last axis is not 2 * dim.
+    """
+
+    def __init__(self, dim: int, record: bool = False):
+        self.dim, self.record = dim, record
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-1] != 2 * self.dim:
+            raise ValueError(f"Gate({self.dim}) needs {2 * self.dim} input channels, got shape {x.shape}")
+        y = jnp.tanh(x[..., :self.dim]) * jax.nn.sigmoid(x[..., self.dim:])
+        if self.record:
+            self.sow(nnx.Intermediate, "out", y)
+            y = self.perturb("out", y)
+        return y
+
+
 # Flax ships nnx.Dropout, but it draws its own masks from nnx.Rngs; here the mask comes from shared.stream.
 class Dropout(nnx.Module):
     """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
@@ -176,7 +199,7 @@ class Dropout(nnx.Module):
 class Sequential(nnx.Sequential):
     """Layers applied in order (`layers[k]`, k = canonical layer index).
 
-    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    A Dropout follows each Tanh and Gate (`dropouts[i]` for the one at index i). It is not one of the
     indexed layers (nnx.data: a plain dict of Modules in the graph, with no Variables), so the
     layer indices, and with them the canonical names, do not move; it does something only in
     a call given `masks`.
@@ -184,11 +207,11 @@ class Sequential(nnx.Sequential):
 
     def __init__(self, *layers):
         super().__init__(*layers)
-        self.dropouts = nnx.data({i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, Tanh)})
+        self.dropouts = nnx.data({i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, (Tanh, Gate))})
 
     def __call__(self, x: jax.Array, masks=None) -> jax.Array:
         """x (B, block_size) int -> logits (B, vocab_size). `masks`: None, or one dropout mask per
-        Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        Tanh/Gate layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
         masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
         for i, l in enumerate(self.layers):
             x = l(x)

@@ -12,7 +12,7 @@ from shared.checks import Float64Unavailable, check_masks, check_sequences, chec
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec, window_counts
 
-from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Gate, Linear, Sequential, Tanh
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -69,6 +69,8 @@ def build_model(spec: ModelSpec) -> Sequential:
                                       dtype=dtype, positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
+        elif l.kind == "gate":
+            layers.append(Gate(l.dim))
         else:
             raise ValueError(f"unknown layer kind {l.kind!r}")
     model = Sequential(*layers)

@@ -12,7 +12,7 @@ import numpy as np
 from shared.checks import check_step_batches
 from shared.spec import ModelSpec
 
-from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Linear, Tanh
+from .layers import BatchNorm1d, Embedding, FlattenConsecutive, Gate, Linear, Tanh
 from .model import _masks
 from .train import Optimizer, threads_for
 
@@ -70,6 +70,10 @@ class _FusedStep:
                          scale=E(width), g=E(width), gb=E(width), k=E(width), n=rows, d=d)
             elif l.kind == "tanh":
                 b.update(out=E(rows, width), dx=E(rows, width), drop=E(rows, width), mask=None)
+            elif l.kind == "gate":   # t, s: tanh of the filter half, sigmoid of the gate half
+                width = l.dim
+                b.update(t=E(rows, width), s=E(rows, width), out=E(rows, width), dx=E(rows, 2 * width),
+                         tmp=E(rows, width), drop=E(rows, width), mask=None)
             self.bufs.append(b)
         V = spec.vocab_size
         self.ones = np.ones(batch_size * spec.block_size, dt)  # column sums as GEMVs: ones @ x
@@ -103,7 +107,7 @@ class _FusedStep:
 
     def __call__(self, X: np.ndarray, Y: np.ndarray, lr: float, masks=None) -> float:
         """One step on X (B, block_size) int64, Y (B,) int64 and this step's dropout masks (one
-        per Tanh, or None), already checked; returns the loss."""
+        per Tanh/Gate, or None), already checked; returns the loss."""
         model, ones = self.model, self.ones
         masks = iter(masks) if masks is not None else None
         x = X
@@ -136,6 +140,17 @@ class _FusedStep:
                 if masks is not None:   # Dropout: (B, [T,] C) mask as (rows, C), like x
                     b["mask"] = next(masks).reshape(x.shape)
                     x = np.multiply(x, b["mask"], out=b["drop"])
+            elif isinstance(l, Gate):
+                # out = tanh(a) * sigmoid(b), sigmoid(b) = (1 + tanh(b / 2)) / 2 (layers.Gate)
+                t = np.tanh(x[:, :l.dim], out=b["t"])
+                sg = np.multiply(x[:, l.dim:], 0.5, out=b["s"])
+                np.tanh(sg, out=sg)
+                sg += 1.0
+                sg *= 0.5
+                x = np.multiply(t, sg, out=b["out"])
+                if masks is not None:
+                    b["mask"] = next(masks).reshape(x.shape)
+                    x = np.multiply(x, b["mask"], out=b["drop"])
         # cross-entropy and dloss/dlogits (impl_numpy.model.cross_entropy, into buffers)
         c = self.ce
         rows, B = c["rows"], len(Y)
@@ -153,6 +168,20 @@ class _FusedStep:
                 dx = np.multiply(b["out"], b["out"], out=b["dx"])
                 np.subtract(1.0, dx, out=dx)
                 d = np.multiply(dx, d, out=dx)
+            elif isinstance(l, Gate):
+                if masks is not None:
+                    d = np.multiply(d, b["mask"], out=b["drop"])
+                # da = d * s * (1 - t^2), db = d * t * s * (1 - s) = d * out * (1 - s)
+                t, sg, tmp, dx = b["t"], b["s"], b["tmp"], b["dx"]
+                da, db = dx[:, :l.dim], dx[:, l.dim:]
+                np.multiply(t, t, out=tmp)
+                np.subtract(1.0, tmp, out=tmp)
+                tmp *= sg
+                np.multiply(d, tmp, out=da)
+                np.subtract(1.0, sg, out=tmp)
+                tmp *= b["out"]
+                np.multiply(d, tmp, out=db)
+                d = dx
             elif isinstance(l, BatchNorm1d):
                 # lecture Part 4 (exercise 3): dx = gamma*inv_std/n * (n*d - sum(d)
                 # - (n/d_)*xhat*sum(d*xhat)) with xhat = xc*inv_std, dgamma = sum(d*xhat) and

@@ -317,6 +317,37 @@ class Tanh(_Layer):
         return (1.0 - self.out * self.out) * dout
 
 
+# torch and Flax have no tanh-sigmoid gate either (nn.GLU gates a linear half); here it is written out.
+class Gate(_Layer):
+    """The gated activation unit of WaveNet (van den Oord et al. 2016, eq. 2): x (..., 2 * dim)
+    -> out (..., dim) = tanh(a) * sigmoid(b), a = x[..., :dim] the filter half, b = x[..., dim:]
+    the gate half; dtype kept. sigmoid(b) is computed as (1 + tanh(b / 2)) / 2, which cannot
+    overflow. Backward (the product and chain rules): da = dout * sigmoid(b) * (1 - tanh(a)**2),
+    db = dout * tanh(a) * sigmoid(b) * (1 - sigmoid(b)).
+
+    Raises ValueError for an input whose last axis is not 2 * dim.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[-1] != 2 * self.dim:
+            raise ValueError(f"Gate({self.dim}) needs {2 * self.dim} input channels, got shape {x.shape}")
+        self.t = np.tanh(x[..., :self.dim])
+        self.s = 0.5 * (1.0 + np.tanh(0.5 * x[..., self.dim:]))
+        self.out = self.t * self.s
+        return self.out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self.dout = dout
+        dx = np.empty((*dout.shape[:-1], 2 * self.dim), dtype=dout.dtype)
+        dx[..., :self.dim] = dout * self.s * (1.0 - self.t * self.t)
+        dx[..., self.dim:] = dout * self.t * self.s * (1.0 - self.s)
+        return dx
+
+
 # torch ships nn.Dropout, but it draws its own masks; here the mask comes from shared.stream.
 class Dropout(_Layer):
     """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
@@ -341,7 +372,7 @@ class Sequential(_Layer):
     """Layers applied in order; backward runs them in reverse. `ids` are the canonical layer
     indices (ModelSpec.layer_ids; default the positions 0, 1, 2, ...), as torch's child names.
 
-    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at position i). It is not one of the
+    A Dropout follows each Tanh and Gate (`dropouts[i]` for the one at position i). It is not one of the
     indexed layers, so the layer indices, and with them the canonical names, do not move; it
     does something only in a forward given `masks`.
     """
@@ -350,7 +381,7 @@ class Sequential(_Layer):
         super().__init__()
         self.layers = list(layers)
         self.ids = list(range(len(layers))) if ids is None else list(ids)
-        self.dropouts = {i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, Tanh)}
+        self.dropouts = {i: Dropout() for i, l in enumerate(self.layers) if isinstance(l, (Tanh, Gate))}
 
     def __getitem__(self, i: int) -> _Layer:
         return self.layers[i]
@@ -373,7 +404,7 @@ class Sequential(_Layer):
 
     def __call__(self, x: np.ndarray, masks=None) -> np.ndarray:
         """x (B, block_size) int -> logits (B, vocab_size). `masks`: None, or one dropout mask per
-        Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        Tanh/Gate layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
         masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
         for i, l in enumerate(self.layers):
             x = l(x)

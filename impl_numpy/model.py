@@ -8,7 +8,7 @@ from shared.checks import check_masks, check_sequences, check_targets, check_tok
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec, window_counts
 
-from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Gate, Linear, Sequential, Tanh
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -37,6 +37,8 @@ def build_model(spec: ModelSpec) -> Sequential:
                                       dtype=dt, positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
+        elif l.kind == "gate":
+            layers.append(Gate(l.dim))
         else:
             raise ValueError(f"unknown layer kind {l.kind!r}")
     model = Sequential(*layers, ids=spec.layer_ids()).train()

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from .layers import Tanh
+from .layers import Gate, Tanh
 from .model import loss_and_grads
 
 
 def tanh_layers(model) -> list[int]:
-    """Indices (canonical layer numbers) of the Tanh layers, in order."""
-    return [i for i, layer in enumerate(model) if isinstance(layer, Tanh)]
+    """Indices (canonical layer numbers) of the Tanh and Gate layers (the activations), in order."""
+    return [i for i, layer in enumerate(model) if isinstance(layer, (Tanh, Gate))]
 
 
 @contextmanager

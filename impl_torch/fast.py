@@ -50,10 +50,11 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
     cross-entropy, hand-written backward, running-stat updates and the optimizer's update (SGD,
     p -= lr * grad, or AdamW), all in place on `params`/`buffers`/`moments`.
 
-    kinds[k] names layer k (embedding, flatten, linear, batchnorm, tanh); params[k] is its tuple
+    kinds[k] names layer k (embedding, flatten, linear, batchnorm, tanh, gate); layers[k] is
+    FlattenConsecutive's n or Gate's dim (else None); params[k] is its tuple
     of parameter tensors (torch layout: Linear weight (fan_out, fan_in)); buffers[k] its
     (running_mean, running_var) for BatchNorm. X (B, T) int64, Y (B,) int64, lr a 0-d tensor.
-    masks: None, or one dropout mask per Tanh (its output's shape). moments: None (SGD), or
+    masks: None, or one dropout mask per Tanh/Gate (its output's shape). moments: None (SGD), or
     moments[k] a tuple of (exp_avg, exp_avg_sq) per parameter of layer k; adam the step's
     (step_size, bias_correction2_sqrt, 1 - lr * weight_decay) 0-d tensors (AdamW).
     Returns the loss, a 0-d tensor. Backward formulas: lecture Part 4 (makemore_part4_backprop,
@@ -99,6 +100,16 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
             tanhs += 1
             if mask is not None:
                 x = x * mask   # Dropout
+        elif kind == "gate":
+            # layer is dim: out = tanh(a) * sigmoid(b), tanh as 2 sigmoid(2a) - 1 (see above)
+            t = 2 * torch.sigmoid(2 * x[..., :layer]) - 1
+            sg = torch.sigmoid(x[..., layer:])
+            x = t * sg
+            mask = None if masks is None else masks[tanhs]
+            saved.append((t, sg, mask))
+            tanhs += 1
+            if mask is not None:
+                x = x * mask   # Dropout
     logits = x
     B = logits.shape[0]
     logp = torch.log_softmax(logits, dim=1)
@@ -136,6 +147,11 @@ def _fused_step(kinds: tuple, layers: list, params: list, buffers: list, X, Y, l
             if mask is not None:
                 dx = dx * mask   # Dropout's backward
             dx = dx * (1 - t * t)
+        elif kind == "gate":
+            t, sg, mask = s
+            if mask is not None:
+                dx = dx * mask   # Dropout's backward
+            dx = torch.cat([dx * sg * (1 - t * t), dx * t * sg * (1 - sg)], dim=-1)
     return loss
 
 
@@ -153,7 +169,7 @@ def _fast_step_for(model, opt: Optimizer, compile: bool):
         return steps[compile]
     spec = model.spec
     kinds = tuple(l.kind for l in spec.layers)
-    layers = [l.n if l.kind == "flatten" else None for l in spec.layers]
+    layers = [l.n if l.kind == "flatten" else l.dim if l.kind == "gate" else None for l in spec.layers]
     params, buffers = [], []
     for mod, kind in zip(model, kinds):
         if kind == "embedding":

@@ -185,6 +185,29 @@ class BatchNorm1d(nn.Module):
 Tanh = nn.Tanh
 
 
+# torch has no tanh-sigmoid gate (nn.GLU gates a linear half): a small Module.
+class Gate(nn.Module):
+    """The gated activation unit of WaveNet (van den Oord et al. 2016, eq. 2): x (..., 2 * dim)
+    -> out (..., dim) = tanh(a) * sigmoid(b), a = x[..., :dim] the filter half, b = x[..., dim:]
+    the gate half; dtype kept. Autograd gives the backward.
+
+    Raises ValueError for an input whose last axis is not 2 * dim.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 2 * self.dim:
+            raise ValueError(f"Gate({self.dim}) needs {2 * self.dim} input channels, got shape {tuple(x.shape)}")
+        a, b = x.split(self.dim, dim=-1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def extra_repr(self) -> str:
+        return str(self.dim)
+
+
 # torch ships nn.Dropout, but it draws its own masks; here the mask comes from shared.stream.
 class Dropout(nn.Module):
     """Inverted dropout with a given mask (Srivastava et al. 2014, "Dropout: A Simple Way to
@@ -203,7 +226,7 @@ class Dropout(nn.Module):
 class Sequential(nn.Sequential):
     """Layers applied in order (index = canonical layer index).
 
-    A Dropout follows each Tanh (`dropouts[i]` for the Tanh at index i). It is not one of the
+    A Dropout follows each Tanh and Gate (`dropouts[i]` for the one at index i). It is not one of the
     indexed layers (a plain dict, not registered: nn.Sequential's children are the indexed
     layers), so the layer indices, and with them the canonical names, do not move; it does
     something only in a forward given `masks`.
@@ -211,11 +234,11 @@ class Sequential(nn.Sequential):
 
     def __init__(self, *layers: nn.Module):
         super().__init__(*layers)
-        self.dropouts = {i: Dropout() for i, l in enumerate(self) if isinstance(l, Tanh)}
+        self.dropouts = {i: Dropout() for i, l in enumerate(self) if isinstance(l, (Tanh, Gate))}
 
     def forward(self, x: torch.Tensor, masks=None) -> torch.Tensor:
         """x (B, block_size) int64 -> logits (B, vocab_size). `masks`: None, or one dropout mask
-        per Tanh layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
+        per Tanh/Gate layer in order (train mode; shared.stream.DropoutStream), each of its output's shape."""
         masks = dict(zip(self.dropouts, masks)) if masks is not None else {}
         for i, l in enumerate(self):
             x = l(x)

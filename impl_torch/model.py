@@ -12,7 +12,7 @@ from shared.checks import check_masks, check_sequences, check_targets, check_tok
 from shared.params import check_params, param_shapes
 from shared.spec import ModelSpec, window_counts
 
-from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Linear, Sequential, Tanh
+from .layers import BatchNorm1d, CausalConv1d, Embedding, FlattenConsecutive, Gate, Linear, Sequential, Tanh
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -41,6 +41,8 @@ def build_model(spec: ModelSpec) -> Sequential:
                                       positions=spec.bn_positions(i)))
         elif l.kind == "tanh":
             layers.append(Tanh())
+        elif l.kind == "gate":
+            layers.append(Gate(l.dim))
         else:
             raise ValueError(f"unknown layer kind {l.kind!r}")
     model = Sequential(OrderedDict((str(i), m) for i, m in zip(spec.layer_ids(), layers)))

@@ -72,7 +72,8 @@ def _common(p: argparse.ArgumentParser, defaults: bool, steps: int = 200_000) ->
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)  # noqa: E731
     p.add_argument("--preset", default=d("wavenet"), choices=list(PRESETS), help="model preset (default wavenet); "
                    "wavenet-tuned is the lecture's model with its own recipe's defaults (AdamW, cosine, dropout, "
-                   "batch 256: shared.config.PRESET_RECIPES), which any flag given overrides")
+                   "batch 256: shared.config.PRESET_RECIPES), which any flag given overrides; wavenet-gated has "
+                   "the WaveNet paper's gated tanh*sigmoid units (n_hidden 89, 76,058 parameters) and its own recipe")
     p.add_argument("--steps", type=int, default=d(steps), help=f"optimizer steps (default {steps})")
     p.add_argument("--batch-size", type=int, default=d(32),
                    help="minibatch size (default 32): contexts, or whole names for wavenet-conv")
@@ -96,7 +97,7 @@ def _common(p: argparse.ArgumentParser, defaults: bool, steps: int = 200_000) ->
     p.add_argument("--warmup", type=int, default=d(0), help="warm-up steps of the cosine schedule (default 0)")
     p.add_argument("--weight-decay", type=float, default=d(0.0),
                    help="AdamW's decoupled weight decay on weight matrices and the embedding (default 0)")
-    p.add_argument("--dropout", type=float, default=d(0.0), help="dropout after each Tanh in train mode (default 0)")
+    p.add_argument("--dropout", type=float, default=d(0.0), help="dropout after each Tanh (or gate) in train mode (default 0)")
     p.add_argument("--data", default=d(None), help="names.txt (default $MAKEMORE_DATA, then data/names.txt)")
 
 

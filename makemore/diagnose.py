@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.params import param_shapes
+from shared.spec import ACTIVATIONS
 from .registry import get_backend
 from shared.stream import BatchStream
 from shared.config import TrainConfig, lr_at
@@ -98,11 +99,11 @@ def summarize(diag: dict, params: dict, spec) -> dict:
         ValueError if the backend missed a Tanh layer or a gradient.
     """
     ids = spec.layer_ids()   # canonical layer numbers, as the parameters' (a conv model: wavenet's)
-    tanh = [ids[i] for i, l in enumerate(spec.layers) if l.kind == "tanh"]
+    tanh = [ids[i] for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS]   # Tanh or gate
     for key in ("activations", "activation_grads"):
         if sorted(diag[key]) != tanh:
             raise ValueError(f"diagnostics recorded {key} for layers {sorted(diag[key])}, the spec "
-                             f"has Tanh layers {tanh}: a hook did not fire")
+                             f"has Tanh/gate layers {tanh}: a hook did not fire")
     missing = [k for k in weight_names(spec) if k not in diag["grads"]]
     if missing:
         raise ValueError(f"diagnostics have no gradient for {missing}")

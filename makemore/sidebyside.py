@@ -106,10 +106,12 @@ LECTURE: dict[str, tuple] = {
     "CausalConv1d": ("p5-dilated",),
     "BatchNorm1d": ("p3-batchnorm", "p4-bessel", "p4-ex3", "p5-bn-bug"),
     "Tanh": ("p2-hidden", "p3-pytorchify", "p4-ex1"),
+    "Gate": ("p5-wavenet", ("project", "shared/spec.py", "gated activation units, tanh(a) * sigmoid(b) "
+                            "(van den Oord et al. 2016, WaveNet, eq. 2; issue 13)")),
     "Dropout": (("project", "shared/stream.py", "DropoutStream: the same masks for every backend "
                  "(inverted dropout, Srivastava et al. 2014)"),),
     "Sequential": ("p5-pytorchify", "p5-torch-nn"),
-    "_masks": (("project", "shared/stream.py", "DropoutStream: the step's masks, one per Tanh"),),
+    "_masks": (("project", "shared/stream.py", "DropoutStream: the step's masks, one per Tanh/Gate"),),
     "DTYPES": (("project", "docs/design.md", "Precision and parity: float32 and float64"),),
     "build_model": ("p5-pytorchify", "p5-wavenet", "p5-scaling",
                     ("project", "docs/design.md", "The model spec (one, shared)")),

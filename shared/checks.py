@@ -89,7 +89,7 @@ def check_sequences(spec, X, Y=None, mask=None, train: bool = False):
 
 def check_masks(spec, masks, batch_size: int, k: int | None = None) -> list[np.ndarray] | None:
     """The dropout masks of a train-mode step as contiguous arrays in the spec's dtype, after
-    checking that there is one per Tanh layer, each of that layer's output shape
+    checking that there is one per activation (Tanh or gate) layer, each of that layer's output shape
     (shared.stream.dropout_shapes(spec, batch_size)), with a leading k for the k steps of a
     fast path. None (no dropout) stays None.
 
@@ -97,22 +97,24 @@ def check_masks(spec, masks, batch_size: int, k: int | None = None) -> list[np.n
     or fail deep inside the forward. Raises ValueError naming the layer and both shapes."""
     if masks is None:
         return None
+    from .spec import ACTIVATIONS
     from .stream import dropout_shapes
     shapes = dropout_shapes(spec, batch_size)
-    tanhs = [i for i, l in enumerate(spec.layers) if l.kind == "tanh"]
+    tanhs = [i for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS]
+    kind = {i: "Tanh" if spec.layers[i].kind == "tanh" else "gate" for i in tanhs}
     masks = list(masks)
     if len(masks) != len(shapes):
-        raise ValueError(f"dropout masks: got {len(masks)}, need one per Tanh layer ({len(shapes)}: "
+        raise ValueError(f"dropout masks: got {len(masks)}, need one per Tanh/gate layer ({len(shapes)}: "
                          f"layers {tanhs})")
     out = []
     for i, m, s in zip(tanhs, masks, shapes):
         m = np.asarray(m)
         want = s if k is None else (k, *s)
         if m.shape != want:
-            raise ValueError(f"dropout mask of Tanh layer {i} has shape {m.shape}; its output has "
+            raise ValueError(f"dropout mask of {kind[i]} layer {i} has shape {m.shape}; its output has "
                              f"shape {want}")
         if not np.issubdtype(m.dtype, np.floating):
-            raise ValueError(f"dropout mask of Tanh layer {i} has dtype {m.dtype}; need a float "
+            raise ValueError(f"dropout mask of {kind[i]} layer {i} has dtype {m.dtype}; need a float "
                              f"array (the model's {spec.dtype})")
         out.append(np.ascontiguousarray(m, dtype=spec.dtype))
     return out

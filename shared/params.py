@@ -41,7 +41,7 @@ def param_shapes(spec: ModelSpec, buffers: bool = True) -> dict[str, tuple[int, 
                 stat = (spec.bn_positions(i), l.dim) if spec.bn_positions(i) else (l.dim,)
                 out[f"{i}.running_mean"] = stat
                 out[f"{i}.running_var"] = stat
-        elif l.kind not in ("flatten", "tanh"):
+        elif l.kind not in ("flatten", "tanh", "gate"):
             raise ValueError(f"layer {i}: unknown kind {l.kind!r}")
     return out
 

@@ -16,17 +16,21 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 DTYPES = ("float32", "float64")
+# the activation kinds: a dropout mask follows each (shared.stream.dropout_shapes)
+ACTIVATIONS = ("tanh", "gate")
 BN_CONVENTIONS = ("lecture", "torch", "flax")
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One layer. `kind` is one of embedding, flatten, linear, conv, batchnorm, tanh.
+    """One layer. `kind` is one of embedding, flatten, linear, conv, batchnorm, tanh, gate.
 
     Fields used per kind: embedding (num, dim), flatten (n: merge n consecutive positions),
     linear (fan_in, fan_out, bias), conv (fan_in channels, fan_out channels, n taps (kernel size),
     dilation, bias: a dilated causal convolution, CausalConv1d; weight (n * fan_in, fan_out)),
-    batchnorm (dim), tanh (none).
+    batchnorm (dim), tanh (none), gate (dim: its output width; the input has 2 * dim channels,
+    out = tanh(x[..., :dim]) * sigmoid(x[..., dim:]), the gated activation unit of van den Oord et
+    al. 2016, "WaveNet", eq. 2, with the filter and gate convolutions as one Linear of 2 * dim).
     """
     kind: str
     num: int = 0
@@ -97,6 +101,12 @@ class ModelSpec:
                              f"{self.vocab_size} logits")
         T = self.block_size
         for i, l in enumerate(L):
+            if l.kind == "gate":
+                prev = L[i - 1]
+                width = prev.dim if prev.kind == "batchnorm" else prev.fan_out
+                if l.dim < 1 or width != 2 * l.dim:
+                    raise ValueError(f"spec {self.name!r}: layer {i} gate of dim {l.dim} needs "
+                                     f"2 * {l.dim} input channels, layer {i - 1} gives {width}")
             if l.kind == "flatten":
                 if l.n < 1 or T % l.n:
                     raise ValueError(f"spec {self.name!r}: layer {i} FlattenConsecutive({l.n}) does "
@@ -190,7 +200,11 @@ class ModelSpec:
         return cls(**d)
 
 
-def _hidden_block(fan_in: int, n_hidden: int) -> list[LayerSpec]:
+def _hidden_block(fan_in: int, n_hidden: int, gated: bool = False) -> list[LayerSpec]:
+    # gated: the Linear and BatchNorm have 2 * n_hidden channels, filter and gate halves
+    if gated:
+        return [LayerSpec("linear", fan_in=fan_in, fan_out=2 * n_hidden, bias=False),
+                LayerSpec("batchnorm", dim=2 * n_hidden), LayerSpec("gate", dim=n_hidden)]
     return [LayerSpec("linear", fan_in=fan_in, fan_out=n_hidden, bias=False),
             LayerSpec("batchnorm", dim=n_hidden), LayerSpec("tanh")]
 
@@ -206,14 +220,19 @@ def mlp_spec(vocab_size: int = 27, block_size: int = 3, n_embd: int = 10, n_hidd
 
 
 def wavenet_spec(vocab_size: int = 27, block_size: int = 8, n_embd: int = 24, n_hidden: int = 128,
-                 name: str = "wavenet", **kw) -> ModelSpec:
-    """Hierarchical model of Part 5: three FlattenConsecutive(2) stages, each Linear/BN/Tanh."""
+                 name: str = "wavenet", gated: bool = False, **kw) -> ModelSpec:
+    """Hierarchical model of Part 5: three FlattenConsecutive(2) stages, each Linear/BN/Tanh.
+
+    gated: each stage is Linear(fan_in, 2 * n_hidden)/BN(2 * n_hidden)/gate(n_hidden) instead, the
+    WaveNet paper's gated activation units (van den Oord et al. 2016, eq. 2; issue 13): about
+    twice the parameters per stage, so n_hidden 89 (76,058 parameters) fits the lecture's budget.
+    """
     if block_size < 2 or block_size & (block_size - 1):
         raise ValueError(f"the hierarchical model needs block_size a power of two >= 2, got {block_size}")
     layers = [LayerSpec("embedding", num=vocab_size, dim=n_embd)]
     width = n_embd
     for _ in range(block_size.bit_length() - 1):
-        layers += [LayerSpec("flatten", n=2), *_hidden_block(width * 2, n_hidden)]
+        layers += [LayerSpec("flatten", n=2), *_hidden_block(width * 2, n_hidden, gated)]
         width = n_hidden
     layers.append(LayerSpec("linear", fan_in=n_hidden, fan_out=vocab_size, bias=True))
     return ModelSpec(name, vocab_size, block_size, n_embd, n_hidden, tuple(layers), **kw)
@@ -305,6 +324,9 @@ PRESETS = {
     # the lecture's WaveNet trained with another recipe (shared.config.PRESET_RECIPES, issue 13)
     "wavenet-tuned": lambda n_embd=24, n_hidden=128, **kw: wavenet_spec(block_size=8, n_embd=n_embd,
                                                                         n_hidden=n_hidden, name="wavenet-tuned", **kw),
+    # gated units at the lecture's budget (n_hidden 89: 76,058 parameters), its own recipe (issue 13)
+    "wavenet-gated": lambda n_embd=24, n_hidden=89, **kw: wavenet_spec(block_size=8, n_embd=n_embd, n_hidden=n_hidden,
+                                                                       name="wavenet-gated", gated=True, **kw),
     "wavenet-conv": lambda n_embd=24, n_hidden=128, **kw: conv_spec(
         wavenet_spec(block_size=8, n_embd=n_embd, n_hidden=n_hidden, **kw), name="wavenet-conv"),
 }

@@ -155,7 +155,7 @@ class NameBatchStream:
 
 
 def dropout_shapes(spec, batch_size: int) -> list[tuple[int, ...]]:
-    """The output shape of every Tanh layer of `spec` (a shared.spec.ModelSpec) for a minibatch of
+    """The output shape of every activation layer (Tanh or gate) of `spec` (a shared.spec.ModelSpec) for a minibatch of
     `batch_size`, in layer order: (B, T, C) while positions remain, (B, C) once
     FlattenConsecutive has merged them all (it squeezes T == 1). One dropout mask per entry.
 
@@ -168,7 +168,8 @@ def dropout_shapes(spec, batch_size: int) -> list[tuple[int, ...]]:
             T, C = T // l.n, C * l.n
         elif l.kind == "linear":
             C = l.fan_out
-        elif l.kind == "tanh":
+        elif l.kind in ("tanh", "gate"):
+            C = l.dim if l.kind == "gate" else C   # a gate halves the channels
             shapes.append((batch_size, T, C) if T > 1 else (batch_size, C))
         elif l.kind != "batchnorm":
             raise ValueError(f"dropout_shapes: layer {i} has kind {l.kind!r}, whose output shape it "

@@ -87,7 +87,7 @@ def mlp_eval_hidden_and_logits(p, X):
 
 def hierarchical_oracle(spec, p, X, train=False, convention="lecture", eps=1e-5, momentum=0.1):
     """The hierarchical model of Part 5 (FlattenConsecutive, Linear, BatchNorm1d, Tanh, as in the
-    lecture's notebook) in float64 numpy, for contexts X (B, block_size) int: the logits
+    lecture's notebook; or the WaveNet paper's gate in place of Tanh) in float64 numpy, for contexts X (B, block_size) int: the logits
     (B, vocab) and, in train mode, the new running stats {name: array} (eval mode: the running
     stats of p, and {}). Written from the lecture and bn_oracle, without any backend: the oracle
     of a conv model's logits at every position, and of its whole-sequence train step, whose
@@ -109,6 +109,8 @@ def hierarchical_oracle(spec, p, X, train=False, convention="lecture", eps=1e-5,
                 convention, eps, momentum)
         elif l.kind == "tanh":
             x = np.tanh(x)
+        elif l.kind == "gate":   # van den Oord et al. 2016, eq. 2: tanh(filter) * sigmoid(gate)
+            x = np.tanh(x[..., :l.dim]) / (1.0 + np.exp(-x[..., l.dim:]))
     return x, stats
 
 

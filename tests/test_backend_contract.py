@@ -360,7 +360,7 @@ def test_bad_dropout_masks_raise_and_change_nothing(name):
     opt = B.Optimizer(model, TrainConfig(steps=5, **RECIPE))
     X, Y = batch(spec, 8)
     good = DropoutStream(1, 0.2, dropout_shapes(spec, 8), "float64").masks(0)
-    for bad, match in [(good[:2], r"got 2, need one per Tanh layer \(3: layers \[4, 8, 12\]\)"),
+    for bad, match in [(good[:2], r"got 2, need one per Tanh/gate layer \(3: layers \[4, 8, 12\]\)"),
                        ([good[0][:4], *good[1:]], r"Tanh layer 4 has shape \(4, 4, 68\); its output has shape \(8, 4, 68\)"),
                        ([*good[:2], good[2].astype(np.int64)], "need a float array")]:
         with pytest.raises(ValueError, match=match):
@@ -375,10 +375,13 @@ def test_bad_dropout_masks_raise_and_change_nothing(name):
     assert all(not v.any() for k, v in opt.state_dict().items() if k != "t")
 
 
-@pytest.mark.parametrize("dtype,dropout,rtol", [("float64", 0.2, 1e-12), ("float64", 0.0, 1e-12),
-                                                ("float32", 0.2, 2e-5)])
-def test_the_fast_path_equals_the_plain_path_with_a_recipe(name, dtype, dropout, rtol):
-    spec = get_spec("wavenet-22k", dtype=dtype)
+@pytest.mark.parametrize("preset,dtype,dropout,rtol", [
+    ("wavenet-22k", "float64", 0.2, 1e-12), ("wavenet-22k", "float64", 0.0, 1e-12),
+    ("wavenet-22k", "float32", 0.2, 2e-5), ("wavenet-gated", "float64", 0.2, 1e-12),
+    ("wavenet-gated", "float32", 0.2, 2e-5)])
+def test_the_fast_path_equals_the_plain_path_with_a_recipe(name, preset, dtype, dropout, rtol):
+    # wavenet-gated at n_hidden 24: the gate layers of the fused steps, at a small size
+    spec = get_spec(preset, dtype=dtype, **({"n_hidden": 24} if preset == "wavenet-gated" else {}))
     p = perturbed_params(spec, 1)
     cfg = TrainConfig(steps=30, warmup=5, **{**RECIPE, "dropout": dropout})   # warm-up inside a chunk
     drops = DropoutStream(cfg.seed, dropout, dropout_shapes(spec, 32), dtype) if dropout else None

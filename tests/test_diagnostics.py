@@ -60,7 +60,7 @@ def test_density_integrates_to_one_and_matches_counts():
 
 def test_summarize_names_a_missing_layer():
     spec = get_spec("mlp")
-    with pytest.raises(ValueError, match=r"Tanh layers \[4\]"):
+    with pytest.raises(ValueError, match=r"Tanh/gate layers \[4\]"):
         dg.summarize({"loss": 1.0, "activations": {}, "activation_grads": {}, "grads": {}},
                      init_params(spec), spec)
 

@@ -19,7 +19,7 @@ FRAMEWORKS = {"impl_numpy": {"threadpoolctl"}, "impl_torch": {"torch"},
 # what any package may import: the standard library and the base dependencies
 BASE = {"numpy", "safetensors"}
 APP_ONLY = {"matplotlib", "tqdm", "pygments"}   # plots, progress, the side-by-side page: the application's
-LAYER_CLASSES = ["Embedding", "FlattenConsecutive", "Linear", "CausalConv1d", "BatchNorm1d", "Tanh", "Dropout",
+LAYER_CLASSES = ["Embedding", "FlattenConsecutive", "Linear", "CausalConv1d", "BatchNorm1d", "Tanh", "Gate", "Dropout",
                  "Sequential"]
 
 

@@ -55,7 +55,7 @@ def _layer_outputs(name, preset, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("preset", ["mlp", "wavenet"])
+@pytest.mark.parametrize("preset", ["mlp", "wavenet", "wavenet-gated"])
 def test_every_layer_output(pair, preset, dtype):
     res = {n: cached(("outputs", n, preset, dtype), lambda: _layer_outputs(n, preset, dtype)) for n in pair}
     a, b = (res[n] for n in pair)
@@ -80,7 +80,8 @@ def _loss_and_grads(name, preset, convention, dtype):
 
 # every convention in float64 (2-D BatchNorm in mlp, 3-D in wavenet); float32 with the default one
 GRAD_CASES = [(pr, c, "float64") for pr in ("mlp", "wavenet") for c in ("lecture", "torch", "flax")] + \
-             [(pr, "lecture", "float32") for pr in ("mlp", "wavenet")] + [("wavenet", "flax", "float32")]
+             [(pr, "lecture", "float32") for pr in ("mlp", "wavenet")] + [("wavenet", "flax", "float32")] + \
+             [("wavenet-gated", "lecture", "float64"), ("wavenet-gated", "lecture", "float32")]
 
 
 @pytest.mark.parametrize("preset,convention,dtype", GRAD_CASES)
