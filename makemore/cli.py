@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 RUN_DEFAULTS = {"preset": "wavenet", "steps": 200_000, "batch_size": 32, "seed": 42,
                 "dtype": "float32", "bn": "lecture", "lr": 0.1, "lr_final": 0.01,
                 "lr_decay_step": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
-                "weight_decay": 0.0, "dropout": 0.0, "fast": False,
+                "weight_decay": 0.0, "dropout": 0.0, "ema": 0.0, "fast": False,
                 "n_embd": None, "n_hidden": None, "bn_per_position": False}
 
 
@@ -98,6 +98,10 @@ def _common(p: argparse.ArgumentParser, defaults: bool, steps: int = 200_000) ->
     p.add_argument("--weight-decay", type=float, default=d(0.0),
                    help="AdamW's decoupled weight decay on weight matrices and the embedding (default 0)")
     p.add_argument("--dropout", type=float, default=d(0.0), help="dropout after each Tanh (or gate) in train mode (default 0)")
+    p.add_argument("--ema", type=float, default=d(0.0),
+                   help="per-step decay of an exponential moving average of the weights and running stats, "
+                        "e.g. 0.9999 (folded every 100 steps); the run is evaluated, sampled and saved with "
+                        "the average (default 0: none)")
     p.add_argument("--data", default=d(None), help="names.txt (default $MAKEMORE_DATA, then data/names.txt)")
 
 
@@ -215,7 +219,7 @@ def _config(args):
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_final=args.lr_final,
                        lr_decay_step=args.lr_decay_step, seed=args.seed, optimizer=args.optimizer,
                        schedule=args.schedule, warmup=args.warmup, weight_decay=args.weight_decay,
-                       dropout=args.dropout)
+                       dropout=args.dropout, ema=args.ema)
 
 
 def _spec_and_data(args):

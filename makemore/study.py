@@ -23,7 +23,7 @@
     kind = "tpe"                        # tpe (default) or random; seed = N
 
 Hyperparameters (in [fixed] or [space]): those of shared.config.TrainConfig (steps, batch_size,
-lr, lr_final, lr_decay_step, seed, optimizer, schedule, warmup, weight_decay, dropout), the model
+lr, lr_final, lr_decay_step, seed, optimizer, schedule, warmup, weight_decay, dropout, ema), the model
 sizes n_embd and n_hidden, and the derived budget (examples seen), lr_final_ratio (lr_final = lr
 times it; the default is the lecture's 1/10) and warmup_frac (warmup = warmup_frac * steps).
 Conditional ones are only sampled where they apply: weight_decay with optimizer adamw, warmup
@@ -48,9 +48,9 @@ from shared.spec import BN_CONVENTIONS, DTYPES, PRESETS, get_spec
 # the lecture's recipe: what a trial uses unless the study says otherwise (makemore train's defaults)
 LECTURE = {"steps": 200_000, "batch_size": 32, "seed": 42, "lr": 0.1, "lr_final": 0.01,
            "lr_decay_step": None, "optimizer": "sgd", "schedule": "step", "warmup": 0,
-           "weight_decay": 0.0, "dropout": 0.0, "n_embd": None, "n_hidden": None}
+           "weight_decay": 0.0, "dropout": 0.0, "ema": 0.0, "n_embd": None, "n_hidden": None}
 INTS = {"steps", "batch_size", "seed", "lr_decay_step", "warmup", "n_embd", "n_hidden", "budget"}
-FLOATS = {"lr", "lr_final", "lr_final_ratio", "weight_decay", "dropout", "warmup_frac"}
+FLOATS = {"lr", "lr_final", "lr_final_ratio", "weight_decay", "dropout", "ema", "warmup_frac"}
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 HYPERPARAMETERS = sorted(INTS | FLOATS | set(CHOICES))
 # a conditional hyperparameter is sampled (and applies) only where its condition holds
@@ -58,9 +58,9 @@ CONDITIONS = {"weight_decay": ("optimizer", "adamw"), "warmup": ("schedule", "co
               "warmup_frac": ("schedule", "cosine"), "lr_decay_step": ("schedule", "step")}
 # bounds every value must respect (TrainConfig and ModelSpec would refuse it later, per trial)
 MINIMA = {"steps": 1, "batch_size": 2, "n_embd": 1, "n_hidden": 1, "budget": 2, "lr": 0.0, "lr_final": 0.0,
-          "lr_final_ratio": 0.0, "weight_decay": 0.0, "dropout": 0.0, "warmup": 0, "warmup_frac": 0.0,
+          "lr_final_ratio": 0.0, "weight_decay": 0.0, "dropout": 0.0, "ema": 0.0, "warmup": 0, "warmup_frac": 0.0,
           "seed": 0, "lr_decay_step": 0}
-BELOW = {"dropout": 1.0, "warmup_frac": 1.0}   # exclusive upper bounds
+BELOW = {"dropout": 1.0, "ema": 1.0, "warmup_frac": 1.0}   # exclusive upper bounds
 TOP_LEVEL = {"name", "description", "backend", "fast", "preset", "dtype", "bn", "bn_per_position",
              "n_trials", "max_params", "data", "fixed", "space", "pruner", "sampler"}
 PRUNERS = ("median", "percentile", "none")
@@ -151,7 +151,7 @@ class Study:
         for k, (cond, want) in CONDITIONS.items():
             if k in LECTURE and s[cond] != want:
                 s[k] = LECTURE[k]   # not applicable: the neutral value (e.g. no weight decay with SGD)
-        for k in ("lr", "lr_final", "weight_decay", "dropout"):
+        for k in ("lr", "lr_final", "weight_decay", "dropout", "ema"):
             s[k] = float(s[k])
         base = get_spec(self.preset)
         for k in ("n_embd", "n_hidden"):   # the preset's own size: no flag in the trial's command
@@ -171,7 +171,7 @@ def config(settings: dict) -> TrainConfig:
     """The TrainConfig of `makemore train` settings."""
     return TrainConfig(**{k: settings[k] for k in ("steps", "batch_size", "lr", "lr_final", "lr_decay_step",
                                                    "seed", "optimizer", "schedule", "warmup",
-                                                   "weight_decay", "dropout")})
+                                                   "weight_decay", "dropout", "ema")})
 
 
 def _param_dict(p: Param) -> dict:

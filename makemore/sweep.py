@@ -292,7 +292,7 @@ def train_argv(settings: dict, backend: str, out: Path, data: str | None = None)
     flags = {"batch_size": "--batch-size", "seed": "--seed", "dtype": "--dtype", "bn": "--bn",
              "lr": "--lr", "lr_final": "--lr-final", "lr_decay_step": "--lr-decay-step",
              "optimizer": "--optimizer", "schedule": "--schedule", "warmup": "--warmup",
-             "weight_decay": "--weight-decay", "dropout": "--dropout", "n_embd": "--n-embd",
+             "weight_decay": "--weight-decay", "dropout": "--dropout", "ema": "--ema", "n_embd": "--n-embd",
              "n_hidden": "--n-hidden"}
     defaults = {**LECTURE, "dtype": "float32", "bn": "lecture"}
     explicit = bool(preset_recipe(settings["preset"]))   # a preset with its own recipe: every flag spelled out

@@ -22,6 +22,7 @@ from shared.data import Dataset
 from shared.params import init_params, num_params
 from .registry import get_backend
 from shared.config import TrainConfig
+from shared.ema import ParamEMA
 from shared.spec import ModelSpec
 from shared.stream import (BatchStream, DropoutStream, NameBatchStream, dropout_shapes, name_batch,
                            sampling_uniforms, seed_streams)
@@ -68,6 +69,8 @@ class RunResult:
     params: dict | None = None    # final canonical parameters
     warnings: list[str] = field(default_factory=list)
     resumed_from: int | None = None  # the step a resumed run continued from
+    live_train_loss: float | None = None   # with cfg.ema: the live weights' losses (train_loss,
+    live_val_loss: float | None = None     # val_loss and params are then the average's)
 
     @property
     def steps_per_s(self) -> float:
@@ -85,7 +88,8 @@ class RunResult:
                 "lr_decay_step": self.config.decay_step, "optimizer": self.config.optimizer,
                 "schedule": self.config.schedule, "warmup": self.config.warmup,
                 "weight_decay": self.config.weight_decay, "dropout": self.config.dropout,
-                "train_loss": self.train_loss, "val_loss": self.val_loss,
+                "ema": self.config.ema, "train_loss": self.train_loss, "val_loss": self.val_loss,
+                "live_train_loss": self.live_train_loss, "live_val_loss": self.live_val_loss,
                 "fast": self.fast, "seconds": self.seconds, "steps_per_s": self.steps_per_s,
                 "resumed_from": self.resumed_from, "warnings": self.warnings,
                 "loss": [float(x) for x in self.losses]}
@@ -108,6 +112,8 @@ def load_resume_state(path: str | Path, backend: str, spec: ModelSpec, cfg: Trai
         raise CheckpointError(f"{path} has no run state (a parameters-only checkpoint): it samples, "
                               "but cannot resume a run")
     want = _run_meta(backend, cfg, fast)
+    if isinstance(md.get("config"), dict):   # a run from before --ema existed had none
+        md["config"] = {"ema": 0.0, **md["config"]}
     diff = [f"{k}: checkpoint {md.get(k)!r}, run {v!r}" for k, v in want.items() if md.get(k) != v]
     if md["spec"] != spec:
         diff.append("spec: the checkpoint's model differs from the run's")
@@ -118,6 +124,13 @@ def load_resume_state(path: str | Path, backend: str, spec: ModelSpec, cfg: Trai
     if len(losses) != step:
         raise CheckpointError(f"{path}: {len(losses)} losses for step {step}; the file is damaged")
     opt_state = {k[4:]: v for k, v in state.items() if k.startswith("opt.")}
+    if cfg.ema:   # the checkpoint's parameters are the average; the live ones are run state
+        live = {k[5:]: v for k, v in state.items() if k.startswith("live.")}
+        if set(live) != set(params) or "ema_step" not in state:
+            raise CheckpointError(f"{path}: an --ema run's checkpoint without its live parameters; the file "
+                                  "is damaged")
+        opt_state["ema"] = (params, int(state["ema_step"][0]))
+        params = live
     return params, opt_state, losses, step
 
 
@@ -241,6 +254,10 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     model = B.build_model(spec)
     B.load_params(model, params)
     opt = B.Optimizer(model, cfg)
+    ema = None
+    if cfg.ema:   # the average starts at the initial parameters, or goes on from the checkpoint's
+        avg, at = opt_state.pop("ema") if opt_state is not None else (B.export_params(model), 0)
+        ema = ParamEMA(cfg.ema, avg, at)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     if on_start is not None:
@@ -256,6 +273,9 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             raise TrainingDiverged(step, float("nan"), last_good,
                                    f"parameter {first_nonfinite(snapshot)!r} is not finite after step {step - 1}")
         state = {"losses": losses[:step], **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+        if ema is not None:   # the average is what the checkpoint holds; the live weights resume
+            state.update({f"live.{k}": v for k, v in snapshot.items()}, **ema.state_dict())
+            snapshot = ema.avg
         return save_checkpoint(ckpt, snapshot, spec, data.vocab, state=state, step=step, **meta)
 
     bar = None
@@ -315,6 +335,8 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
             if bad.size:
                 raise TrainingDiverged(i + int(bad[0]), float(got[bad[0]]), last_good)
             losses[i:i + k] = got
+            if ema is not None and (ema.due(i + k) or i + k == cfg.steps):
+                ema.update(B.export_params(model), i + k)
             if step_callback is not None:
                 step_callback(i + k - 1, float(got[-1]))
             prev, i = i, i + k
@@ -344,6 +366,14 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     if first_nonfinite(res.params):
         raise TrainingDiverged(cfg.steps, float("nan"), last_good,
                                f"parameter {first_nonfinite(res.params)!r} is not finite after the last step")
+    live = None
+    if ema is not None:   # evaluate, sample and save the average; keep the live weights' losses too
+        live = res.params
+        if evaluate:
+            res.live_train_loss = float(B.evaluate(model, *data.train))
+            res.live_val_loss = float(B.evaluate(model, *data.val))
+        B.load_params(model, ema.avg)
+        res.params = B.export_params(model)
     if evaluate:
         res.train_loss = float(B.evaluate(model, *data.train))
         res.val_loss = float(B.evaluate(model, *data.val))
@@ -355,6 +385,8 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         res.samples = [data.vocab.decode(t + [0]) for t in toks]
     if ckpt is not None:
         state = {"losses": losses, **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+        if live is not None:
+            state.update({f"live.{k}": v for k, v in live.items()}, **ema.state_dict())
         save_checkpoint(ckpt, res.params, spec, data.vocab, state=state, step=cfg.steps, **meta,
                         train_loss=res.train_loss, val_loss=res.val_loss)
     return res

@@ -32,7 +32,10 @@ class TrainConfig:
         warmup: warm-up steps of the cosine schedule (0: none).
         weight_decay: AdamW's decoupled weight decay, applied to the weight matrices and the
             embedding only (not to biases, BatchNorm gamma/beta); must be 0 with SGD.
-        dropout: inverted-dropout probability after each Tanh in train mode (0: none).
+        dropout: inverted-dropout probability after each Tanh (or gate) in train mode (0: none).
+        ema: per-step decay of an exponential moving average of the parameters and running
+            stats (shared.ema.ParamEMA, folded every 100 steps); the run's evaluation, samples
+            and checkpoint parameters are the average's (0: none, the live weights).
     Raises:
         ValueError naming the field and the accepted values.
     """
@@ -47,6 +50,7 @@ class TrainConfig:
     warmup: int = 0
     weight_decay: float = 0.0
     dropout: float = 0.0
+    ema: float = 0.0
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1:
@@ -69,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay {self.weight_decay} needs optimizer 'adamw' (SGD here has none)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (a per-step decay such as 0.9999; 0: none), got {self.ema}")
         if self.lr_decay_step is not None and self.schedule != "step":
             raise ValueError("lr_decay_step belongs to schedule 'step'; the cosine schedule decays "
                              "from lr to lr_final over all the steps")

@@ -26,7 +26,7 @@ def test_the_tuned_preset_is_the_lecture_model_with_its_own_recipe():
     assert {k: r[k] for k in TUNED} == TUNED and 0 < r["dropout"] < 1 and r["weight_decay"] > 0
     TrainConfig(**r)   # a valid config
     assert preset_recipe("wavenet") == {} and preset_recipe("mlp", steps=300) == {}
-    assert set(PRESET_RECIPES) == {"wavenet-tuned"}
+    assert set(PRESET_RECIPES) == {"wavenet-tuned", "wavenet-gated"}
 
 
 def test_a_shorter_run_of_the_recipe_keeps_its_warmup_share():

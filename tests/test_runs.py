@@ -25,7 +25,9 @@ from shared.spec import get_spec
 STEPS = 450
 CFG = TrainConfig(steps=STEPS, lr_decay_step=260)      # the decay after the resume points
 RECIPES = {"lecture": CFG,                             # warm-up past the first resume point
-           "adamw-cosine-dropout": TrainConfig(steps=STEPS, warmup=120, **RECIPE)}
+           "adamw-cosine-dropout": TrainConfig(steps=STEPS, warmup=120, **RECIPE),
+           # an EMA of the weights: a stop at 170 falls between two folds (100, 200)
+           "ema": TrainConfig(steps=STEPS, warmup=120, ema=0.99, **RECIPE)}
 TIMING = ("seconds", "steps_per_s", "resumed_from")
 
 
@@ -64,8 +66,9 @@ def _uninterrupted(backend, fast, data, tmp_path_factory, recipe="lecture"):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
-@pytest.mark.parametrize("recipe,stop_at", [("lecture", 50), ("lecture", 170), ("adamw-cosine-dropout", 170)],
-                         ids=["before-first-checkpoint", "between-checkpoints", "adamw-cosine-dropout"])
+@pytest.mark.parametrize("recipe,stop_at", [("lecture", 50), ("lecture", 170), ("adamw-cosine-dropout", 170),
+                                            ("ema", 170)],
+                         ids=["before-first-checkpoint", "between-checkpoints", "adamw-cosine-dropout", "ema"])
 def test_a_stopped_run_resumes_bitwise(backend, fast, recipe, stop_at, data3, tmp_path, tmp_path_factory):
     base = _uninterrupted(backend, fast, data3, tmp_path_factory, recipe)
     with pytest.raises(TrainingInterrupted) as e:
@@ -79,6 +82,11 @@ def test_a_stopped_run_resumes_bitwise(backend, fast, recipe, stop_at, data3, tm
         assert {k for k in md["state"] if k.startswith("opt.exp_avg")} == {
             f"opt.{s}.{n}" for s in ("exp_avg", "exp_avg_sq") for n in ("0.weight", "2.weight", "3.gamma",
                                                                       "3.beta", "5.weight", "5.bias")}
+    if recipe == "ema":   # the checkpoint holds the average; the live weights are run state
+        params, _ = load_checkpoint(e.value.checkpoint)
+        assert md["state"]["ema_step"].tolist() == [100 if not fast else 200]
+        assert not np.array_equal(params["2.weight"], md["state"]["live.2.weight"])
+        assert {k[5:] for k in md["state"] if k.startswith("live.")} == set(params)
     res = _run(backend, data3, tmp_path, fast, resume=True, recipe=recipe)
     assert res.resumed_from == step
     _same(res, base)
