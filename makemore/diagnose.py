@@ -93,13 +93,14 @@ def summarize(diag: dict, params: dict, spec) -> dict:
             (spec.layer_ids(): the position, except in a conv model).
         params: canonical parameters (for the grad:data ratio).
     Returns:
-        {"loss": float, "tanh": {str(i): tanh_stats}, "tanh_grad": {str(i): grad_stats},
+        {"loss": float, "tanh": {str(i): tanh_stats + "kind" (Tanh or gate)}, "tanh_grad": {str(i): grad_stats},
          "weights": {name: weight_grad_stats}} (JSON-ready).
     Raises:
         ValueError if the backend missed a Tanh layer or a gradient.
     """
     ids = spec.layer_ids()   # canonical layer numbers, as the parameters' (a conv model: wavenet's)
     tanh = [ids[i] for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS]   # Tanh or gate
+    kinds = {ids[i]: "Tanh" if l.kind == "tanh" else "gate" for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS}
     for key in ("activations", "activation_grads"):
         if sorted(diag[key]) != tanh:
             raise ValueError(f"diagnostics recorded {key} for layers {sorted(diag[key])}, the spec "
@@ -108,7 +109,7 @@ def summarize(diag: dict, params: dict, spec) -> dict:
     if missing:
         raise ValueError(f"diagnostics have no gradient for {missing}")
     return {"loss": float(diag["loss"]),
-            "tanh": {str(i): tanh_stats(diag["activations"][i]) for i in tanh},
+            "tanh": {str(i): {**tanh_stats(diag["activations"][i]), "kind": kinds[i]} for i in tanh},
             "tanh_grad": {str(i): grad_stats(diag["activation_grads"][i]) for i in tanh},
             "weights": {k: weight_grad_stats(diag["grads"][k], params[k]) for k in weight_names(spec)}}
 
@@ -231,7 +232,8 @@ def _hist_figure(runs: dict, key: str, path: Path, title: str, saturation: bool)
             curves[b].append(y)
             s = run["stats"]["tanh" if saturation else "tanh_grad"][str(i)]
             extra = f", saturated {s['saturated_pct']:.2f}%" if saturation else ""
-            labels.append(f"layer {i} (Tanh): mean {s['mean']:+.2g}, std {s['std']:.2g}{extra}")
+            kind = run["stats"]["tanh"][str(i)].get("kind", "Tanh")
+            labels.append(f"layer {i} ({kind}): mean {s['mean']:+.2g}, std {s['std']:.2g}{extra}")
     if saturation:   # the lecture's saturation threshold, |t| > 0.97
         for v in (-SATURATION, SATURATION):
             ax.axvline(v, color="0.5", ls=":", lw=1)
@@ -318,9 +320,10 @@ def stats_table(stats: dict) -> str:
     rows = [["loss (collect batch)", ""] + [stats[b]["loss"] for b in backends]]
     for i in first["tanh"]:
         for s in ("mean", "std", "saturated_pct"):
-            rows.append([f"layer {i} Tanh out", s] + [stats[b]["tanh"][i][s] for b in backends])
+            rows.append([f"layer {i} {first['tanh'][i].get('kind', 'Tanh')} out", s]
+                        + [stats[b]["tanh"][i][s] for b in backends])
         for s in ("mean", "std"):
-            rows.append([f"layer {i} Tanh grad", s] + [stats[b]["tanh_grad"][i][s] for b in backends])
+            rows.append([f"layer {i} {first['tanh'][i].get('kind', 'Tanh')} grad", s] + [stats[b]["tanh_grad"][i][s] for b in backends])
     for k in first["weights"]:
         for s in ("grad_mean", "grad_std", "grad_data_ratio"):
             rows.append([f"{k} {tuple(first['weights'][k]['shape'])}", s]

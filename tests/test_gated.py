@@ -149,3 +149,14 @@ def test_the_gated_conv_model_is_the_hierarchical_oracle_at_every_position(name)
     windows = np.stack([X[:, t:t + 8] for t in range(12)], 1).reshape(-1, 8)
     want, _ = hierarchical_oracle(h, p, windows)
     np.testing.assert_allclose(got.reshape(-1, 27), want, rtol=1e-12, atol=1e-13)
+
+
+def test_diagnose_reads_the_gates_as_the_activations(tmp_path, names_path):
+    from makemore import cli
+    out = tmp_path / "diag"
+    assert cli.main(["diagnose", "--backend", "numpy", "--preset", "wavenet-gated", "--n-hidden", "8",
+                     "--steps", "5", "--batch-size", "32", "--data", str(names_path), "--out", str(out),
+                     "--no-progress"]) == 0
+    table = (out / "stats.md").read_text()
+    assert "| layer 4 gate out | saturated_pct |" in table and "| layer 12 gate grad | std |" in table
+    assert "Tanh" not in table
