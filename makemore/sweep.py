@@ -320,7 +320,11 @@ def lecture_diff(settings: dict) -> str:
 
 
 def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    # 3 significant digits, more where they would round the value to a round one (ema 0.9999, not 1)
+    if not isinstance(v, float):
+        return str(v)
+    s = f"{v:.3g}"
+    return f"{v:.6g}" if float(s) != v and float(s) in (0.0, 1.0) else s
 
 
 class _Trainer:
