@@ -29,6 +29,20 @@ def test_the_tuned_preset_is_the_lecture_model_with_its_own_recipe():
     assert set(PRESET_RECIPES) == {"wavenet-tuned", "wavenet-gated"}
 
 
+# wavenet-gated's recipe as the README reports it (bench/results-beat/beat-1.950-gated-150k)
+GATED = {"steps": 150_000, "batch_size": 256, "optimizer": "adamw", "schedule": "cosine", "warmup": 500,
+         "lr_final": 1e-5, "weight_decay": 0.00057}
+
+
+def test_the_gated_preset_carries_the_recipe_the_readme_reports():
+    r = preset_recipe("wavenet-gated")
+    assert {k: r[k] for k in GATED} == GATED
+    assert round(r["lr"], 5) == 0.00317 and round(r["dropout"], 3) == 0.168 and "ema" not in r
+    TrainConfig(**r)
+    assert num_params(get_spec("wavenet-gated")) == 76_058 <= 76_600   # issue 13's budget
+    assert preset_recipe("wavenet-gated", steps=300)["warmup"] == 1      # 500 of 150,000: 1 of 300
+
+
 def test_a_shorter_run_of_the_recipe_keeps_its_warmup_share():
     r = preset_recipe("wavenet-tuned", steps=400)
     assert r["steps"] == 400 and r["warmup"] == 2          # 1,000 of 200,000 is 0.5%: 2 of 400
