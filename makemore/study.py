@@ -17,6 +17,7 @@
     [pruner]                            # optional
     kind = "median"                     # median (default), percentile, none
     reports = 3                         # val loss reported at 1/3, 2/3 and the end of each trial
+                                        # (the live weights before the end; with ema, the end is the average)
     n_startup_trials = 3                # median: trials before pruning starts
 
     [sampler]                           # optional

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EMA_EVERY = 100   # steps between two folds (makemore.trainer.FAST_CHUNK)
+EMA_EVERY = 100   # steps between two folds: a multiple of makemore.trainer.FAST_CHUNK (tested)
 
 
 class ParamEMA:

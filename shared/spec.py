@@ -99,15 +99,19 @@ class ModelSpec:
         if L[-1].kind != "linear" or L[-1].fan_out != self.vocab_size:
             raise ValueError(f"spec {self.name!r}: the last layer must be a Linear to vocab_size "
                              f"{self.vocab_size} logits")
-        T = self.block_size
+        T, C = self.block_size, 0   # positions and channels after each layer
         for i, l in enumerate(L):
-            if l.kind == "gate":
-                prev = L[i - 1]
-                width = prev.dim if prev.kind == "batchnorm" else prev.fan_out
-                if l.dim < 1 or width != 2 * l.dim:
+            if l.kind == "embedding":
+                C = l.dim
+            elif l.kind in ("linear", "conv"):
+                C = l.fan_out
+            elif l.kind == "gate":
+                if l.dim < 1 or C != 2 * l.dim:
                     raise ValueError(f"spec {self.name!r}: layer {i} gate of dim {l.dim} needs "
-                                     f"2 * {l.dim} input channels, layer {i - 1} gives {width}")
+                                     f"2 * {l.dim} input channels, the layers before it give {C}")
+                C = l.dim
             if l.kind == "flatten":
+                C *= l.n
                 if l.n < 1 or T % l.n:
                     raise ValueError(f"spec {self.name!r}: layer {i} FlattenConsecutive({l.n}) does "
                                      f"not divide the {T} positions left")

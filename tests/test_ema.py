@@ -16,6 +16,8 @@ def test_a_fold_weighs_the_new_parameters_by_one_minus_decay_to_the_steps():
     ema = ParamEMA(0.999, {"w": np.zeros(3, np.float64), "b": np.full(2, 4.0, np.float32)})
     ema.update({"w": np.ones(3), "b": np.zeros(2, np.float32)}, 100)
     assert EMA_EVERY == 100 and ema.step == 100
+    from makemore.trainer import FAST_CHUNK
+    assert EMA_EVERY % FAST_CHUNK == 0   # every fold falls on a fast-path chunk's end
     np.testing.assert_allclose(ema.avg["w"], 1 - 0.999 ** 100, rtol=1e-15)      # 0.0952...
     assert ema.avg["b"].dtype == np.float32
     np.testing.assert_allclose(ema.avg["b"], 4 * 0.999 ** 100, rtol=1e-6)
@@ -53,3 +55,17 @@ def test_an_ema_run_reports_and_saves_the_average(tmp_path, names_path, capsys):
     assert cli.main([*argv[:-3], "--ema", "1.5", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "ema must be in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_recorded_before_ema_existed_resumes_with_an_explicit_ema_0(tmp_path, names_path):
+    # a run.json written before --ema had no "ema" setting: its default, 0, is what it ran with
+    out = tmp_path / "old"
+    assert cli.main(["train", "--backend", "numpy", "--preset", "mlp", "--steps", "200", "--data", str(names_path),
+                     "--out", str(out), "--no-progress"]) == 0
+    rec = json.loads((out / "run.json").read_text())
+    del rec["settings"]["ema"]
+    rec["status"] = "interrupted"
+    (out / "run.json").write_text(json.dumps(rec))
+    assert cli.main(["train", "--resume", str(out), "--ema", "0", "--no-progress"]) == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+

@@ -33,8 +33,13 @@ def test_a_gate_must_get_twice_its_width():
     good = get_spec("wavenet-gated", n_hidden=10)
     layers = list(good.layers)
     layers[4] = LayerSpec("gate", dim=11)   # after BatchNorm of 20 channels
-    with pytest.raises(ValueError, match=r"layer 4 gate of dim 11 needs 2 \* 11 input channels, layer 3 gives 20"):
+    with pytest.raises(ValueError, match=r"layer 4 gate of dim 11 needs 2 \* 11 input channels, the layers "
+                                         r"before it give 20"):
         ModelSpec("bad", 27, 8, 24, 10, tuple(layers))
+    # the width is followed through the layers: a gate straight after the embedding (24 = 2 * 12)
+    ok = ModelSpec("ok", 27, 1, 24, 12, (LayerSpec("embedding", num=27, dim=24), LayerSpec("flatten", n=1),
+                                         LayerSpec("gate", dim=12), LayerSpec("linear", fan_in=12, fan_out=27)))
+    assert [l.kind for l in ok.layers][2] == "gate"
 
 
 def test_dropout_masks_have_the_gates_output_shape():

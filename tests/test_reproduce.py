@@ -53,6 +53,9 @@ def test_quick_reproduce_trains_every_row_and_reuses_them(tmp_path, names_path, 
     got = json.loads((out / "reproduce.json").read_text())
     assert got["steps"] == 300 and len(got["rows"]["mlp"]["runs"]) == 1 and not got["rows"]["wavenet"]["runs"]
     stamp = (out / "mlp-seed42" / "metrics.json").stat().st_mtime_ns
+    rec = json.loads((out / "mlp-seed42" / "run.json").read_text())
+    del rec["settings"]["ema"]                     # a record from before --ema: the same run
+    (out / "mlp-seed42" / "run.json").write_text(json.dumps(rec))
     assert cli.main(argv) == 0                     # again: every run is reused, the same table
     assert capsys.readouterr().out == text
     assert (out / "mlp-seed42" / "metrics.json").stat().st_mtime_ns == stamp
