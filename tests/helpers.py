@@ -85,14 +85,16 @@ def mlp_eval_hidden_and_logits(p, X):
     return h, h @ p["5.weight"] + p["5.bias"]
 
 
-def hierarchical_oracle(spec, p, X, train=False, convention="lecture", eps=1e-5, momentum=0.1):
+def hierarchical_oracle(spec, p, X, train=False, convention="lecture", eps=1e-5, momentum=0.1, masks=None):
     """The hierarchical model of Part 5 (FlattenConsecutive, Linear, BatchNorm1d, Tanh, as in the
     lecture's notebook; or the WaveNet paper's gate in place of Tanh) in float64 numpy, for contexts X (B, block_size) int: the logits
     (B, vocab) and, in train mode, the new running stats {name: array} (eval mode: the running
     stats of p, and {}). Written from the lecture and bn_oracle, without any backend: the oracle
     of a conv model's logits at every position, and of its whole-sequence train step, whose
-    BatchNorm1d statistics are defined as these (docs/design.md, "Whole-sequence training")."""
+    BatchNorm1d statistics are defined as these (docs/design.md, "Whole-sequence training").
+    masks: None, or one dropout mask per Tanh/gate, multiplying its output (train mode)."""
     x, stats = p["0.weight"][X], {}
+    masks = iter(masks) if masks is not None else None
     for k, l in enumerate(spec.layers[1:], start=1):
         if l.kind == "flatten":
             B, T, C = x.shape
@@ -111,6 +113,8 @@ def hierarchical_oracle(spec, p, X, train=False, convention="lecture", eps=1e-5,
             x = np.tanh(x)
         elif l.kind == "gate":   # van den Oord et al. 2016, eq. 2: tanh(filter) * sigmoid(gate)
             x = np.tanh(x[..., :l.dim]) / (1.0 + np.exp(-x[..., l.dim:]))
+        if masks is not None and l.kind in ("tanh", "gate"):
+            x = x * next(masks)
     return x, stats
 
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from helpers import BACKENDS, bn_oracle, hierarchical_oracle, loaded_model, perturbed_params
+from helpers import BACKENDS, hierarchical_oracle, loaded_model, perturbed_params
 from shared.params import param_shapes
 from shared.spec import LayerSpec, ModelSpec, conv_spec, get_spec
 from shared.stream import dropout_shapes
@@ -104,19 +104,7 @@ def test_the_gated_model_is_the_oracle(name, train):
 
 def _oracle_loss(spec, p, X, Y, masks):
     # the oracle's train-mode forward with the dropout masks after each gate, then cross-entropy
-    x, it = p["0.weight"][X], iter(masks)
-    for k, l in enumerate(spec.layers[1:], start=1):
-        if l.kind == "flatten":
-            B, T, C = x.shape
-            x = x.reshape(B, T // l.n, C * l.n)
-            x = x[:, 0] if x.shape[1] == 1 else x
-        elif l.kind == "linear":
-            x = x @ p[f"{k}.weight"] + (p[f"{k}.bias"] if l.bias else 0)
-        elif l.kind == "batchnorm":
-            x = bn_oracle(x, p[f"{k}.gamma"], p[f"{k}.beta"], p[f"{k}.running_mean"],
-                          p[f"{k}.running_var"], "lecture")[0]
-        elif l.kind == "gate":
-            x = np.tanh(x[..., :l.dim]) / (1.0 + np.exp(-x[..., l.dim:])) * next(it)
+    x, _ = hierarchical_oracle(spec, p, X, train=True, masks=masks)
     m = x.max(1, keepdims=True)
     logp = x - m - np.log(np.exp(x - m).sum(1, keepdims=True))
     return -logp[np.arange(len(Y)), Y].mean()
