@@ -99,8 +99,8 @@ def summarize(diag: dict, params: dict, spec) -> dict:
         ValueError if the backend missed a Tanh layer or a gradient.
     """
     ids = spec.layer_ids()   # canonical layer numbers, as the parameters' (a conv model: wavenet's)
-    tanh = [ids[i] for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS]   # Tanh or gate
-    kinds = {ids[i]: "Tanh" if l.kind == "tanh" else "gate" for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS}
+    kinds = {ids[i]: ACTIVATIONS[l.kind] for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS}
+    tanh = list(kinds)   # the Tanh and gate layers, in order
     for key in ("activations", "activation_grads"):
         if sorted(diag[key]) != tanh:
             raise ValueError(f"diagnostics recorded {key} for layers {sorted(diag[key])}, the spec "
@@ -319,11 +319,11 @@ def stats_table(stats: dict) -> str:
     first = stats[backends[0]]
     rows = [["loss (collect batch)", ""] + [stats[b]["loss"] for b in backends]]
     for i in first["tanh"]:
+        kind = first["tanh"][i].get("kind", "Tanh")
         for s in ("mean", "std", "saturated_pct"):
-            rows.append([f"layer {i} {first['tanh'][i].get('kind', 'Tanh')} out", s]
-                        + [stats[b]["tanh"][i][s] for b in backends])
+            rows.append([f"layer {i} {kind} out", s] + [stats[b]["tanh"][i][s] for b in backends])
         for s in ("mean", "std"):
-            rows.append([f"layer {i} {first['tanh'][i].get('kind', 'Tanh')} grad", s] + [stats[b]["tanh_grad"][i][s] for b in backends])
+            rows.append([f"layer {i} {kind} grad", s] + [stats[b]["tanh_grad"][i][s] for b in backends])
     for k in first["weights"]:
         for s in ("grad_mean", "grad_std", "grad_data_ratio"):
             rows.append([f"{k} {tuple(first['weights'][k]['shape'])}", s]

@@ -101,7 +101,7 @@ def check_masks(spec, masks, batch_size: int, k: int | None = None) -> list[np.n
     from .stream import dropout_shapes
     shapes = dropout_shapes(spec, batch_size)
     tanhs = [i for i, l in enumerate(spec.layers) if l.kind in ACTIVATIONS]
-    kind = {i: "Tanh" if spec.layers[i].kind == "tanh" else "gate" for i in tanhs}
+    kind = {i: ACTIVATIONS[spec.layers[i].kind] for i in tanhs}
     masks = list(masks)
     if len(masks) != len(shapes):
         raise ValueError(f"dropout masks: got {len(masks)}, need one per Tanh/gate layer ({len(shapes)}: "

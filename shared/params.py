@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import ModelSpec
+from .spec import ACTIVATIONS, ModelSpec
 
 BUFFERS = ("running_mean", "running_var")
 
@@ -41,7 +41,7 @@ def param_shapes(spec: ModelSpec, buffers: bool = True) -> dict[str, tuple[int, 
                 stat = (spec.bn_positions(i), l.dim) if spec.bn_positions(i) else (l.dim,)
                 out[f"{i}.running_mean"] = stat
                 out[f"{i}.running_var"] = stat
-        elif l.kind not in ("flatten", "tanh", "gate"):
+        elif l.kind != "flatten" and l.kind not in ACTIVATIONS:
             raise ValueError(f"layer {i}: unknown kind {l.kind!r}")
     return out
 

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 DTYPES = ("float32", "float64")
-# the activation kinds: a dropout mask follows each (shared.stream.dropout_shapes)
-ACTIVATIONS = ("tanh", "gate")
+# the activation kinds, and the layer names messages give them: a dropout mask follows each
+# (shared.stream.dropout_shapes)
+ACTIVATIONS = {"tanh": "Tanh", "gate": "gate"}
 BN_CONVENTIONS = ("lecture", "torch", "flax")
 
 

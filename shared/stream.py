@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .spec import ACTIVATIONS
+
 CHUNK = 1024  # steps of indices drawn per Generator call; part of the stream's definition
 
 
@@ -168,7 +170,7 @@ def dropout_shapes(spec, batch_size: int) -> list[tuple[int, ...]]:
             T, C = T // l.n, C * l.n
         elif l.kind == "linear":
             C = l.fan_out
-        elif l.kind in ("tanh", "gate"):
+        elif l.kind in ACTIVATIONS:
             C = l.dim if l.kind == "gate" else C   # a gate halves the channels
             shapes.append((batch_size, T, C) if T > 1 else (batch_size, C))
         elif l.kind != "batchnorm":
