@@ -247,12 +247,11 @@ def _resolve_train(args, argv):
         rec = runs.open_for_resume(folder)
         given = vars(build_parser(defaults=False).parse_args(argv))
         given = {k: v for k, v in given.items() if k in RUN_DEFAULTS or k == "backend"}
-        recorded = {**RUN_DEFAULTS, **rec["settings"]}   # a run from before a setting existed has its default
-        diff = runs.differences({**recorded, "backend": rec["backend"]}, given)
+        diff = runs.differences({**rec["settings"], "backend": rec["backend"]}, given)
         if diff:
             raise UsageError(f"--resume {folder}: the command does not match the run: " + "; ".join(diff)
                              + f". Resume with `makemore train --resume {folder}` alone")
-        return recorded, rec["backend"], folder, rec
+        return dict(rec["settings"]), rec["backend"], folder, rec
     settings = {k: getattr(args, k) for k in RUN_DEFAULTS}
     backend = args.backend or default_backend()
     folder = Path(args.out or f"runs/{backend}-{args.preset}")

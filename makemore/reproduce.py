@@ -68,8 +68,7 @@ def run_row(backend: str, row: Row, seed: int, folder: Path, steps: int | None, 
     from .trainer import TrainingInterrupted, train, write_run
     settings = settings_for(row, seed, fast_for(backend, row, plain), steps)
     rec = runs.read_run(folder)
-    recorded = {"ema": 0.0, **rec["settings"]} if rec is not None and rec.get("settings") else None  # before --ema: none
-    if rec is not None and (recorded != settings or rec.get("backend") != backend):
+    if rec is not None and (rec.get("settings") != settings or rec.get("backend") != backend):
         raise runs.RunFolderError(f"{folder} holds {runs.describe(folder)} with other settings; move it "
                                   "aside or use another --out")
     if rec is not None and rec.get("status") == "finished" and (folder / "metrics.json").is_file():

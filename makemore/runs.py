@@ -26,6 +26,10 @@ RUN_JSON = "run.json"
 CHECKPOINT = "checkpoint.safetensors"
 RUN_FILES = (RUN_JSON, CHECKPOINT, "metrics.json", "loss.png", "samples.txt")
 RESUMABLE = ("running", "interrupted")
+# run settings (TrainConfig fields) added after run folders were first written, with the value a
+# run recorded without them trained with: read_run, and the trainer for a checkpoint's config,
+# fill them in, so an older run reads as it ran
+ADDED_SETTINGS = {"ema": 0.0}
 
 
 class RunFolderError(ValueError):
@@ -48,16 +52,20 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def read_run(folder: str | os.PathLike) -> dict | None:
-    """The folder's run.json as a dict, None if there is none.
+    """The folder's run.json as a dict, None if there is none; its settings with ADDED_SETTINGS
+    filled in where it has none of them.
 
     Raises RunFolderError if run.json exists but is not valid JSON."""
     p = Path(folder) / RUN_JSON
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
+        rec = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise RunFolderError(f"{p} is unreadable ({e}); move the folder aside or pass another --out") from e
+    if isinstance(rec, dict) and isinstance(rec.get("settings"), dict):
+        rec["settings"] = {**ADDED_SETTINGS, **rec["settings"]}
+    return rec
 
 
 def run_files(folder: str | os.PathLike) -> list[str]:

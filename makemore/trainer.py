@@ -21,6 +21,7 @@ from shared.checkpoint import CheckpointError, first_nonfinite, load_checkpoint,
 from shared.data import Dataset
 from shared.params import init_params, num_params
 from .registry import get_backend
+from .runs import ADDED_SETTINGS
 from shared.config import TrainConfig
 from shared.ema import ParamEMA
 from shared.spec import ModelSpec
@@ -112,8 +113,8 @@ def load_resume_state(path: str | Path, backend: str, spec: ModelSpec, cfg: Trai
         raise CheckpointError(f"{path} has no run state (a parameters-only checkpoint): it samples, "
                               "but cannot resume a run")
     want = _run_meta(backend, cfg, fast)
-    if isinstance(md.get("config"), dict):   # a run from before --ema existed had none
-        md["config"] = {"ema": 0.0, **md["config"]}
+    if isinstance(md.get("config"), dict):   # a run from before a setting existed ran with its value
+        md["config"] = {**ADDED_SETTINGS, **md["config"]}
     diff = [f"{k}: checkpoint {md.get(k)!r}, run {v!r}" for k, v in want.items() if md.get(k) != v]
     if md["spec"] != spec:
         diff.append("spec: the checkpoint's model differs from the run's")
@@ -267,16 +268,21 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
     last_good = ckpt if start else None
     warnings: list[str] = []
 
+    def run_state(step: int, live: dict) -> dict:
+        # the checkpoint's run state after `step` steps: losses, optimizer state and, with an EMA
+        # (whose average is then the checkpoint's parameters), the live weights and its fold step
+        state = {"losses": losses[:step], **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+        if ema is not None:
+            state.update({f"live.{k}": v for k, v in live.items()}, **ema.state_dict())
+        return state
+
     def save(step: int) -> Path:
         snapshot = B.export_params(model)
         if first_nonfinite(snapshot):  # the update after a finite loss can still overflow
             raise TrainingDiverged(step, float("nan"), last_good,
                                    f"parameter {first_nonfinite(snapshot)!r} is not finite after step {step - 1}")
-        state = {"losses": losses[:step], **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
-        if ema is not None:   # the average is what the checkpoint holds; the live weights resume
-            state.update({f"live.{k}": v for k, v in snapshot.items()}, **ema.state_dict())
-            snapshot = ema.avg
-        return save_checkpoint(ckpt, snapshot, spec, data.vocab, state=state, step=step, **meta)
+        return save_checkpoint(ckpt, snapshot if ema is None else ema.avg, spec, data.vocab,
+                               state=run_state(step, snapshot), step=step, **meta)
 
     bar = None
     if progress:
@@ -384,11 +390,8 @@ def train(backend: str, spec: ModelSpec, cfg: TrainConfig, data: Dataset, *,
         toks = B.sample(model, sampling_uniforms(cfg.seed, n_samples))
         res.samples = [data.vocab.decode(t + [0]) for t in toks]
     if ckpt is not None:
-        state = {"losses": losses, **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
-        if live is not None:
-            state.update({f"live.{k}": v for k, v in live.items()}, **ema.state_dict())
-        save_checkpoint(ckpt, res.params, spec, data.vocab, state=state, step=cfg.steps, **meta,
-                        train_loss=res.train_loss, val_loss=res.val_loss)
+        save_checkpoint(ckpt, res.params, spec, data.vocab, state=run_state(cfg.steps, live), step=cfg.steps,
+                        **meta, train_loss=res.train_loss, val_loss=res.val_loss)
     return res
 
 
